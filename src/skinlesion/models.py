@@ -1,0 +1,154 @@
+"""Model creation by name: any timm architecture plus two registered here with timm's registry.
+
+`densenet201_se` and `lesion_cnn` are registered with `timm.models.register_model`, so once this
+module is imported `timm.create_model("lesion_cnn")` and `timm.create_model("local-dir:PATH")` work
+for them as for any timm model. `create_model` adds the offline fast-fail for `pretrained=True`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import timm
+import torch
+import torch.nn as nn
+from timm.layers import SEModule, SelectAdaptivePool2d
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.densenet import DenseNet
+
+from .constants import DEFAULT_CROP_PCT, DEFAULT_IMAGE_SIZE, DEFAULT_MEAN, DEFAULT_STD
+from .hub import require_hub
+
+# Architectures users compare by name (README table); any other timm name works too.
+NAMED_ARCHITECTURES = ("resnet18", "resnet50", "efficientnet_b0", "efficientnet_b3", "densenet121",
+                       "densenet201_se", "mobilenetv3_large_100", "lesion_cnn")
+
+
+class UnknownModelError(ValueError):
+    """The model name is neither a timm architecture nor one registered here."""
+
+
+class DenseNetSE(DenseNet):
+    """DenseNet with squeeze-and-excitation channel attention after each dense block.
+
+    The SE modules are inserted as *extra* children of `features` (`se1`..`se4`) so every original
+    parameter keeps its name: ImageNet DenseNet weights load as they are, only the SE layers start fresh.
+    """
+
+    def __init__(self, *args, se_rd_ratio: float = 1 / 16, **kwargs):
+        super().__init__(*args, **kwargs)
+        children = OrderedDict()
+        channels = None
+        for name, module in self.features.named_children():
+            children[name] = module
+            if name.startswith("denseblock"):
+                # A dense block's output width is its input width plus growth per layer; measure it
+                # from the last BN of the next stage instead of re-deriving the arithmetic.
+                channels = self._block_out_channels(name)
+                children[f"se{name.removeprefix('denseblock')}"] = SEModule(channels, rd_ratio=se_rd_ratio)
+        self.features = nn.Sequential(children)
+        feat_names = [n for n, _ in self.features.named_children()]
+        self.feature_ends = [feat_names.index(f["module"].split(".", 1)[1]) for f in self.feature_info]
+
+    def _block_out_channels(self, block_name: str) -> int:
+        names = [n for n, _ in self.features.named_children()]
+        nxt = getattr(self.features, names[names.index(block_name) + 1])
+        norm = next(m for m in nxt.modules() if isinstance(m, nn.BatchNorm2d))
+        return norm.num_features
+
+
+class LesionCNN(nn.Module):
+    """Small baseline: four 3x3 conv blocks (64-128-256-512; BN, ReLU, 2x2 max-pool), then FC 512-128-classes.
+
+    Global average pooling before the first FC keeps it input-size agnostic (128 px or 224 px alike).
+    Follows timm's model interface (forward_features / forward_head / reset_classifier).
+    """
+
+    def __init__(self, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.3,
+                 global_pool: str = "avg", widths: tuple[int, ...] = (64, 128, 256, 512), hidden: int = 128, **_):
+        super().__init__()
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        blocks, c_in = [], in_chans
+        self.feature_info = []
+        for i, c_out in enumerate(widths):
+            blocks.append(nn.Sequential(
+                nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(kernel_size=2),
+            ))
+            self.feature_info.append(dict(num_chs=c_out, reduction=2 ** (i + 1), module=f"stages.{i}"))
+            c_in = c_out
+        self.stages = nn.Sequential(*blocks)
+        self.num_features = self.head_hidden_size = c_in
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.fc1 = nn.Linear(c_in, hidden)
+        self.act = nn.ReLU(inplace=True)
+        self.drop = nn.Dropout(drop_rate)
+        self.hidden = hidden
+        self.fc = nn.Linear(hidden, num_classes) if num_classes > 0 else nn.Identity()
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.fc = nn.Linear(self.hidden, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(x)  # (B, 3, H, W) -> (B, 512, H/16, W/16)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(self.act(self.fc1(self.global_pool(x))))  # (B, 512) -> (B, 128)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _cfg(**kwargs) -> dict:
+    return {"url": "", "num_classes": 1000, "input_size": (3, DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE),
+            "pool_size": None, "crop_pct": DEFAULT_CROP_PCT, "interpolation": "bicubic",
+            "mean": DEFAULT_MEAN, "std": DEFAULT_STD, "license": "apache-2.0", **kwargs}
+
+
+default_cfgs = generate_default_cfgs({
+    # ImageNet DenseNet-201 weights, with the SE layers initialised fresh (pretrained_strict=False).
+    "densenet201_se.tv_in1k": _cfg(hf_hub_id="timm/densenet201.tv_in1k", input_size=(3, 224, 224),
+                                   crop_pct=0.875, first_conv="features.conv0", classifier="classifier"),
+    "lesion_cnn": _cfg(first_conv="stages.0.0", classifier="fc"),
+})
+
+
+@register_model
+def densenet201_se(pretrained: bool = False, **kwargs) -> DenseNetSE:
+    kwargs.setdefault("growth_rate", 32)
+    kwargs.setdefault("block_config", (6, 12, 48, 32))
+    return build_model_with_cfg(DenseNetSE, "densenet201_se", pretrained, pretrained_strict=False,
+                                feature_cfg=dict(flatten_sequential=True), **kwargs)
+
+
+@register_model
+def lesion_cnn(pretrained: bool = False, **kwargs) -> LesionCNN:
+    return build_model_with_cfg(LesionCNN, "lesion_cnn", pretrained, feature_cfg=dict(flatten_sequential=True),
+                                **kwargs)
+
+
+def check_model_name(name: str) -> None:
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
+        hint = f" Similar names: {', '.join(close)}." if close else ""
+        raise UnknownModelError(f"unknown model {name!r}: not a timm architecture nor one of ours.{hint}")
+
+
+def create_model(name: str, num_classes: int, *, pretrained: bool = False, drop_rate: float = 0.0,
+                 **kwargs) -> nn.Module:
+    """A timm model by name with a fresh `num_classes` head; `pretrained` loads ImageNet weights."""
+    check_model_name(name)
+    if pretrained:
+        # Without this, an offline machine waits on huggingface_hub's retries before failing.
+        require_hub(f"ImageNet weights for {name!r} (--pretrained)")
+    return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, drop_rate=drop_rate, **kwargs)

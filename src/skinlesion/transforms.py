@@ -1,0 +1,107 @@
+"""Train and eval transform factories, built from a model's preprocessing config (timm's data config).
+
+Both work on uint8 CHW tensors (what the decode cache holds) and on PIL images, so the training
+loop never re-decodes JPEGs and the Predictor and evaluation share `eval_transform` exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2
+
+from .constants import DEFAULT_CROP_PCT, DEFAULT_IMAGE_SIZE, DEFAULT_INTERPOLATION, DEFAULT_MEAN, DEFAULT_STD
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How pixels become model input; stored in the model folder as timm's `pretrained_cfg` fields."""
+
+    input_size: int = DEFAULT_IMAGE_SIZE
+    mean: tuple[float, float, float] = DEFAULT_MEAN
+    std: tuple[float, float, float] = DEFAULT_STD
+    crop_pct: float = DEFAULT_CROP_PCT
+    interpolation: str = DEFAULT_INTERPOLATION
+
+    def to_timm(self) -> dict:
+        return {"input_size": (3, self.input_size, self.input_size), "mean": tuple(self.mean),
+                "std": tuple(self.std), "crop_pct": self.crop_pct, "crop_mode": "center",
+                "interpolation": self.interpolation}
+
+    @classmethod
+    def from_timm(cls, cfg: dict) -> Preprocessing:
+        size = cfg.get("input_size", (3, DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE))
+        return cls(input_size=int(size[-1]), mean=tuple(cfg.get("mean", DEFAULT_MEAN)),
+                   std=tuple(cfg.get("std", DEFAULT_STD)), crop_pct=float(cfg.get("crop_pct", DEFAULT_CROP_PCT)),
+                   interpolation=str(cfg.get("interpolation", DEFAULT_INTERPOLATION)))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Training augmentation strength; the defaults suit training from scratch on ~8k images."""
+
+    scale_min: float = 0.35          # RandomResizedCrop lower area bound: zoomed-in crops mimic other clinics
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    rotate_degrees: float = 180.0    # lesions have no canonical orientation
+    color_jitter: float = 0.2        # brightness/contrast/saturation; hue gets a tenth of it
+    rand_augment: bool = False       # RandAugment(num_ops=2, magnitude below) on top
+    rand_augment_magnitude: int = 9
+    random_erasing: float = 0.0      # probability of one erased box (after normalisation)
+    extra: dict = field(default_factory=dict)
+
+
+def _interp(name: str) -> InterpolationMode:
+    try:
+        return InterpolationMode(name)
+    except ValueError as err:
+        raise ValueError(f"unknown interpolation {name!r}; use bilinear, bicubic or nearest") from err
+
+
+def _to_float(pre: Preprocessing) -> list:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(pre.mean), std=list(pre.std))]
+
+
+def resize_size(pre: Preprocessing) -> int:
+    """Short side before the centre crop (timm: floor(size / crop_pct))."""
+    return int(math.floor(pre.input_size / pre.crop_pct))
+
+
+def eval_geometry(pre: Preprocessing) -> v2.Compose:
+    """Resize + centre crop only: the image 'as the model sees it' (still uint8, displayable)."""
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Resize(resize_size(pre), interpolation=_interp(pre.interpolation), antialias=True),
+        v2.CenterCrop(pre.input_size),
+    ])
+
+
+def eval_transform(pre: Preprocessing) -> v2.Compose:
+    """PIL image or uint8 CHW tensor -> normalised float CHW tensor of `input_size`."""
+    return v2.Compose([eval_geometry(pre), *_to_float(pre)])
+
+
+def train_transform(pre: Preprocessing, aug: Augmentation) -> v2.Compose:
+    ops: list = [
+        v2.ToImage(),
+        v2.RandomResizedCrop(pre.input_size, scale=(aug.scale_min, 1.0), ratio=aug.ratio,
+                             interpolation=_interp(pre.interpolation), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.RandomVerticalFlip(),
+    ]
+    if aug.rotate_degrees > 0:
+        ops.append(v2.RandomRotation(aug.rotate_degrees, interpolation=InterpolationMode.BILINEAR))
+    if aug.color_jitter > 0:
+        j = aug.color_jitter
+        ops.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(0.5, j / 10)))
+    if aug.rand_augment:
+        ops.append(v2.RandAugment(num_ops=2, magnitude=aug.rand_augment_magnitude))
+    ops.extend(_to_float(pre))
+    if aug.random_erasing > 0:
+        ops.append(v2.RandomErasing(p=aug.random_erasing, value=0))
+    return v2.Compose(ops)
