@@ -17,17 +17,25 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def calibrated_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    return F.softmax(apply_temperature(logits.float(), temperature), dim=-1)
+    """(B, K) logits -> (B, K) probabilities; (V, B, K) TTA view logits -> view-averaged (B, K)."""
+    probs = F.softmax(apply_temperature(logits.float(), temperature), dim=-1)
+    return probs.mean(dim=0) if probs.dim() == 3 else probs
 
 
 def energy_score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Negative free energy per row; higher = more in-distribution."""
+    """Negative free energy per row; higher = more in-distribution. (V, B, K) logits are view-averaged first."""
+    if logits.dim() == 3:
+        logits = logits.mean(dim=0)
     t = max(float(temperature), 1e-6)
     return t * torch.logsumexp(logits.float() / t, dim=-1)
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, *, max_iter: int = 200) -> float:
-    """Temperature minimising validation NLL (LBFGS on log T so T stays positive)."""
+    """Temperature minimising validation NLL of `calibrated_probs` (LBFGS on log T so T stays positive).
+
+    `logits` is (B, K), or (V, B, K) TTA view logits: the temperature is then fitted for the
+    view-averaged probabilities the Predictor actually reports.
+    """
     logits = logits.detach().float()
     targets = targets.detach().long()
     log_t = torch.zeros(1, requires_grad=True)
@@ -35,7 +43,11 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, *, max_iter: in
 
     def closure():
         opt.zero_grad()
-        loss = F.cross_entropy(logits / log_t.exp(), targets)
+        if logits.dim() == 3:
+            probs = F.softmax(logits / log_t.exp(), dim=-1).mean(dim=0)
+            loss = F.nll_loss(probs.clamp_min(1e-12).log(), targets)
+        else:
+            loss = F.cross_entropy(logits / log_t.exp(), targets)
         loss.backward()
         return loss
 
