@@ -67,3 +67,9 @@ def undo_maps(maps: Tensor, views: tuple[View, ...]) -> Tensor:
     """(V*B, H, W) maps from `stack_views` order -> (V, B, H, W) in the original frame."""
     per_view = maps.reshape(len(views), -1, *maps.shape[-2:])
     return torch.stack([v.undo(m) for v, m in zip(views, per_view)], dim=0)
+
+
+def tta_logits(model: torch.nn.Module, batch: Tensor, views: tuple[View, ...]) -> Tensor:
+    """(B, C, H, W) -> (V, B, K) logits from ONE forward pass over all views (the eager path)."""
+    logits = model(stack_views(batch, views))
+    return logits.reshape(len(views), batch.shape[0], -1)

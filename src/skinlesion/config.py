@@ -1,0 +1,200 @@
+"""The one typed training configuration: built once from the CLI (and an optional YAML/JSON recipe),
+passed down explicitly, and saved into every checkpoint and model folder that it produced."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .constants import DEFAULT_CROP_PCT, DEFAULT_IMAGE_SIZE, DEFAULT_INTERPOLATION
+
+LOSSES = ("ce", "weighted_ce", "focal")
+SAMPLINGS = ("plain", "balanced")
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # --- data
+    data: str = ""                       # dataset folder / CSV / saved HF dataset / Hub dataset id
+    layout: str | None = None            # override the auto-detected layout
+    label_map: str | None = None         # "common_nevus=nv,melanoma=mel"
+    manifest: str | None = None          # split manifest (image_id,split); made and saved when absent
+    val_fraction: float = 0.1            # used only when making the split
+    test_fraction: float = 0.1
+    duplicates: str | None = None        # extra same-lesion pairs; default: duplicate_lesion_pairs.csv beside data
+    skip_bad: bool = False               # skip (and count) unreadable images / unknown labels instead of failing
+    # --- model
+    model: str = "resnet18"              # any timm name, or densenet201_se / lesion_cnn
+    pretrained: bool = False             # ImageNet weights (needs the Hub)
+    init_from: str | None = None         # fine-tune from one of our model folders or a Hub id
+    drop_rate: float = 0.2               # dropout before the classifier
+    model_args: dict = field(default_factory=dict)  # extra timm kwargs, e.g. {"drop_path_rate": 0.05}
+    # --- preprocessing and augmentation
+    image_size: int = DEFAULT_IMAGE_SIZE
+    crop_pct: float = DEFAULT_CROP_PCT
+    interpolation: str = DEFAULT_INTERPOLATION
+    scale_min: float = 0.35              # RandomResizedCrop lower area bound
+    rotate_degrees: float = 180.0
+    color_jitter: float = 0.2
+    rand_augment: bool = False
+    random_erasing: float = 0.0
+    # --- optimisation
+    epochs: int = 30
+    batch_size: int = 64                 # per process
+    lr: float = 2e-3                     # peak AdamW learning rate (for batch_size x processes x grad_accum)
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01           # cosine floor as a fraction of lr
+    grad_clip: float = 1.0               # max grad norm; 0 disables
+    grad_accum: int = 1
+    loss: str = "focal"                  # ce (with label smoothing), weighted_ce, focal
+    label_smoothing: float = 0.1         # for ce / weighted_ce
+    focal_gamma: float = 2.0
+    sampling: str = "plain"              # plain or balanced (class-balanced sampler)
+    ema: bool = True                     # keep an exponential moving average of weights; evaluate and ship it
+    ema_decay: float = 0.998
+    mixed_precision: str = "auto"        # auto = bf16 on GPUs that support it, fp16 on other GPUs, off on CPU
+    channels_last: bool = True
+    # --- run
+    seed: int = 0
+    workers: int = 2                     # DataLoader workers per process
+    output_dir: str = "runs/default"
+    resume: bool = False
+    early_stopping: int = 10             # epochs without val balanced-accuracy gain; 0 disables
+    checkpoint_minutes: float = 10.0     # also checkpoint mid-epoch this often, so a kill loses little
+    limit_train_batches: int = 0         # >0: stop each epoch early (smoke tests, benchmarks)
+    tta: str = "flips"                   # default TTA stored in the model folder for the Predictor
+    push_to_hub: str | None = None       # repo id to upload the finished model folder to
+    hub_private: bool = False
+    progress: bool = True                # tqdm bars on the main process
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.loss not in LOSSES:
+            problems.append(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.sampling not in SAMPLINGS:
+            problems.append(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
+        if self.mixed_precision not in PRECISIONS:
+            problems.append(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            problems.append("epochs, batch_size and grad_accum must be at least 1")
+        if not 16 <= self.image_size <= 1024:
+            problems.append(f"image_size {self.image_size} is outside 16..1024")
+        if not 0 < self.crop_pct <= 1:
+            problems.append(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        if self.lr <= 0:
+            problems.append("lr must be positive")
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}")
+        return cls(**values)
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """A saved recipe: YAML or JSON mapping of TrainConfig fields (dashes or underscores)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        values = yaml.safe_load(text) or {}
+    else:
+        values = json.loads(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a recipe must be a mapping of config keys")
+    return {k.replace("-", "_"): v for k, v in values.items()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """argparse in groups; every default is None so a recipe file can fill what the CLI leaves unset."""
+    p = argparse.ArgumentParser(description="Train a skin-lesion classifier (accelerate launch train.py ...).")
+    p.add_argument("--config", default=None, help="YAML/JSON recipe with TrainConfig fields; CLI flags override it")
+    bool_flag = argparse.BooleanOptionalAction
+
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="dataset folder, CSV, saved HF dataset or Hub dataset id")
+    g.add_argument("--layout", help="override layout detection (ham10000, isic2017/2018/2019, imagefolder, hf)")
+    g.add_argument("--label-map", help="rename labels: SRC=DST,...")
+    g.add_argument("--manifest", help="split manifest CSV (image_id,split); made and saved when absent")
+    g.add_argument("--val-fraction", type=float)
+    g.add_argument("--test-fraction", type=float)
+    g.add_argument("--duplicates", help="CSV of image pairs showing the same lesion")
+    g.add_argument("--skip-bad", action=bool_flag, default=None)
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help="timm model name, densenet201_se or lesion_cnn")
+    g.add_argument("--pretrained", action=bool_flag, default=None, help="start from ImageNet weights (needs the Hub)")
+    g.add_argument("--init-from", help="fine-tune from a model folder or Hub id of ours")
+    g.add_argument("--drop-rate", type=float)
+
+    g = p.add_argument_group("preprocessing and augmentation")
+    g.add_argument("--image-size", type=int)
+    g.add_argument("--crop-pct", type=float)
+    g.add_argument("--scale-min", type=float)
+    g.add_argument("--rotate-degrees", type=float)
+    g.add_argument("--color-jitter", type=float)
+    g.add_argument("--rand-augment", action=bool_flag, default=None)
+    g.add_argument("--random-erasing", type=float)
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--warmup-epochs", type=float)
+    g.add_argument("--grad-clip", type=float)
+    g.add_argument("--grad-accum", type=int)
+    g.add_argument("--loss", choices=LOSSES)
+    g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--focal-gamma", type=float)
+    g.add_argument("--sampling", choices=SAMPLINGS)
+    g.add_argument("--ema", action=bool_flag, default=None)
+    g.add_argument("--ema-decay", type=float)
+    g.add_argument("--mixed-precision", choices=PRECISIONS)
+    g.add_argument("--channels-last", action=bool_flag, default=None)
+
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--workers", type=int)
+    g.add_argument("--output-dir")
+    g.add_argument("--resume", action=bool_flag, default=None, help="continue from the output folder's last checkpoint")
+    g.add_argument("--early-stopping", type=int)
+    g.add_argument("--checkpoint-minutes", type=float)
+    g.add_argument("--limit-train-batches", type=int)
+    g.add_argument("--tta", choices=("none", "flips", "full"))
+    g.add_argument("--progress", action=bool_flag, default=None)
+
+    g = p.add_argument_group("hub")
+    g.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the finished model folder (rank 0, one commit)")
+    g.add_argument("--hub-private", action=bool_flag, default=None)
+
+    g = p.add_argument_group("hyper-parameter search")
+    g.add_argument("--tune", type=int, default=0, metavar="N", help="run N Optuna trials instead of one training")
+    g.add_argument("--tune-epochs", type=int, default=None, help="epochs per trial (default: --epochs)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values: dict[str, Any] = load_recipe(args.config) if args.config else {}
+    names = {f.name for f in fields(TrainConfig)}
+    for key, value in vars(args).items():
+        if key in names and value is not None:
+            values[key] = value
+    if not values.get("data"):
+        raise ValueError("--data is required (or a 'data' key in --config)")
+    return TrainConfig.from_dict(values)

@@ -1,0 +1,134 @@
+"""The model card (README.md of a model folder), rendered from what the folder itself records.
+
+Numbers come only from the config (validation metrics, calibration) and from evaluation reports
+saved beside it (`eval/*/report.json` written by evaluate.py), never typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .constants import MODEL_CONFIG_FILE
+from .taxonomy import describe_label
+
+LICENCE_NOTE = (
+    "Trained on HAM10000 (Tschandl, Rosendahl, Kittler, *Sci Data* 5, 180161, 2018), licensed CC BY-NC-SA 4.0: "
+    "the weights inherit its non-commercial, share-alike terms."
+)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _eval_sections(folder: Path) -> list[str]:
+    lines: list[str] = []
+    for report_path in sorted((folder / "eval").glob("*/report.json")):
+        report = json.loads(report_path.read_text())
+        name = report_path.parent.name
+        lines += [f"### {name}", ""]
+        if report.get("command"):
+            lines += ["```", report["command"], "```", ""]
+        ci = report.get("balanced_accuracy_ci95") or report.get("bootstrap", {}).get("balanced_accuracy")
+        ci_txt = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if isinstance(ci, (list, tuple)) and len(ci) == 2 else ""
+        lines += [
+            "| metric | value |", "|---|---|",
+            f"| images | {report.get('n_images')} |",
+            f"| classes present | {', '.join(report.get('classes_present', report.get('classes', [])))} |",
+            f"| balanced accuracy | {_fmt(report.get('balanced_accuracy'))}{ci_txt} |",
+            f"| accuracy | {_fmt(report.get('accuracy'))} |",
+            f"| macro AUC (one-vs-rest) | {_fmt(report.get('auc_ovr_macro'))} |",
+            f"| melanoma AUC | {_fmt((report.get('per_class', {}).get('mel') or {}).get('auc'))} |",
+            f"| malignant-vs-benign AUC | {_fmt(report.get('malignant_auc'))} |",
+            f"| ECE before / after temperature | {_fmt(report.get('ece_before'))} / {_fmt(report.get('ece'))} |",
+            "",
+        ]
+        per_class = report.get("per_class", {})
+        if per_class:
+            lines += ["| class | recall | support |", "|---|---|---|"]
+            lines += [f"| {k} | {_fmt(v.get('recall'))} | {v.get('support')} |" for k, v in per_class.items()]
+            lines.append("")
+    return lines
+
+
+def render_model_card(folder: str | Path) -> str:
+    folder = Path(folder)
+    config = json.loads((folder / MODEL_CONFIG_FILE).read_text())
+    extras = config.get("skinlesion", {})
+    train_cfg = extras.get("train_config", {})
+    val = extras.get("val_metrics", {})
+    calib = extras.get("calibration", {})
+    labels = config["label_names"]
+    size = config["pretrained_cfg"]["input_size"][-1]
+    lines = [
+        "---",
+        "library_name: timm",
+        "license: cc-by-nc-sa-4.0",
+        "pipeline_tag: image-classification",
+        "tags: [image-classification, timm, dermatology, skin-lesion, ham10000]",
+        "datasets: [HAM10000]" if "ham" in str(train_cfg.get("data", "")).lower() else "datasets: []",
+        "---",
+        "",
+        f"# Skin-lesion classifier: `{config['architecture']}`, {len(labels)} classes, {size} px",
+        "",
+        "**Research demo, not a medical device.** It must not be used to diagnose, treat or triage anyone. "
+        "A dermatologist examines the whole patient; this model sees one low-resolution picture.",
+        "",
+        "## Classes",
+        "",
+        "| code | name | malignant |",
+        "|---|---|---|",
+        *[f"| {c} | {describe_label(c).name} | {'yes' if describe_label(c).malignant else 'no'} |" for c in labels],
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from skinlesion import Predictor",
+        "p = Predictor.from_pretrained('PATH_OR_HUB_ID')",
+        "print(p.predict('lesion.jpg').to_dict())",
+        "```",
+        "",
+        "The folder also loads in plain timm: `timm.create_model('local-dir:PATH', pretrained=True)` "
+        "(for `densenet201_se` / `lesion_cnn`, `import skinlesion` first to register them).",
+        "",
+        "## Training",
+        "",
+        f"- Architecture `{config['architecture']}` trained from "
+        f"{'ImageNet weights' if train_cfg.get('pretrained') else 'scratch (no pretrained weights)'}, "
+        f"input {size} px, {train_cfg.get('epochs', '?')} epochs max, loss `{train_cfg.get('loss')}`, "
+        f"sampling `{train_cfg.get('sampling')}`, EMA {'on' if train_cfg.get('ema') else 'off'}, seed {train_cfg.get('seed')}.",
+        f"- Split: lesion-grouped, stratified (manifest `split_manifest.csv`, sha256 `{str(extras.get('manifest_sha256'))[:12]}…`).",
+        f"- Best validation epoch {val.get('epoch')}: balanced accuracy {_fmt(val.get('val_balanced_accuracy'))}, "
+        f"accuracy {_fmt(val.get('val_accuracy'))}, macro F1 {_fmt(val.get('val_macro_f1'))} (no TTA).",
+        f"- Calibration: temperature {_fmt(extras.get('temperature'))} fitted on the validation split "
+        f"(TTA `{calib.get('tta', extras.get('tta'))}`), ECE {_fmt(calib.get('ece_before'))} -> {_fmt(calib.get('ece_after'))} on validation.",
+        "",
+        "## Evaluation",
+        "",
+        *(_eval_sections(folder) or ["Not evaluated yet: run `python evaluate.py --model THIS_FOLDER ...`.", ""]),
+        "## Intended use and limitations",
+        "",
+        "- Intended for research and teaching: exploring what a dermoscopy classifier attends to and how sure it is.",
+        "- Trained on dermoscopic images only; clinical (non-dermoscopic) photos are out of distribution "
+        "(the app flags images whose energy score falls below the validation 1% quantile).",
+        "- Trained from scratch at low resolution on ~8,000 images; accuracy is below published ImageNet-pretrained models.",
+        "- HAM10000 comes mostly from fair-skinned European/Australian patients: darker skin types are under-represented "
+        "and performance on them is unknown.",
+        "- Other clinics, cameras and crops lower accuracy (see the external test set above, when present).",
+        "",
+        "## Data licence",
+        "",
+        LICENCE_NOTE,
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(folder: str | Path) -> Path:
+    folder = Path(folder)
+    path = folder / "README.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(render_model_card(folder))
+    tmp.replace(path)
+    return path

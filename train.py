@@ -1,0 +1,27 @@
+"""Train a skin-lesion classifier: `accelerate launch train.py --data PATH --model NAME ...` or `python train.py ...`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from skinlesion.config import build_parser, config_from_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    if args.tune:
+        from skinlesion.tuning import tune
+
+        print(json.dumps(tune(cfg, trials=args.tune, epochs=args.tune_epochs), indent=2))
+        return 0
+    from skinlesion.training import train
+
+    summary = train(cfg)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
