@@ -13,7 +13,7 @@ of each present class, unrenormalised.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,12 +44,11 @@ class SubsetScores:
     probs: np.ndarray        # (N, P) the present classes' probabilities, renormalised to sum to 1
     raw_probs: np.ndarray    # (N, P) the same columns of the model's probabilities, not renormalised
     preds: np.ndarray        # (N,) argmax of `probs`, in 0..P-1
+    n_model_classes: int     # K
 
     @property
     def restricted(self) -> bool:
-        return bool(self.present.size < self._n_model_classes)
-
-    _n_model_classes: int = 0
+        return bool(self.present.size < self.n_model_classes)
 
 
 def restrict_to_present(targets: np.ndarray, probs: np.ndarray) -> SubsetScores:
@@ -62,7 +61,7 @@ def restrict_to_present(targets: np.ndarray, probs: np.ndarray) -> SubsetScores:
     remap = np.full(probs.shape[1], -1, dtype=np.int64)
     remap[present] = np.arange(present.size)
     return SubsetScores(present=present, targets=remap[targets], probs=renorm, raw_probs=raw,
-                        preds=renorm.argmax(axis=1), _n_model_classes=probs.shape[1])
+                        preds=renorm.argmax(axis=1), n_model_classes=probs.shape[1])
 
 
 def binary_auc(is_positive: np.ndarray, scores: np.ndarray) -> float | None:
@@ -84,8 +83,10 @@ def macro_auc(targets: np.ndarray, scores: np.ndarray) -> float | None:
     Written as the mean of binary AUCs because sklearn's multiclass path insists that the scores
     sum to one, which the unrenormalised subset of a model's probabilities does not.
     """
-    aucs = [a for a in per_class_auc(targets, scores) if a is not None]
-    return float(np.mean(aucs)) if len(aucs) >= 2 or (len(aucs) == 1 and scores.shape[1] == 2) else None
+    aucs = per_class_auc(targets, scores)
+    if len(aucs) < 2 or any(a is None for a in aucs):
+        return None
+    return float(np.mean(aucs))
 
 
 def malignant_auc(targets: np.ndarray, probs: np.ndarray, label_names: Sequence[str]) -> float | None:
@@ -163,7 +164,7 @@ def reliability_bins(probs: np.ndarray, targets: np.ndarray, n_bins: int = ECE_B
     correct = probs.argmax(axis=1) == np.asarray(targets)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     out: dict[str, list] = {"lower": [], "upper": [], "confidence": [], "accuracy": [], "count": []}
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         in_bin = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
         out["lower"].append(float(lo))
         out["upper"].append(float(hi))
@@ -193,29 +194,12 @@ def roc_curves(targets: np.ndarray, probs: np.ndarray, label_names: Sequence[str
     return curves
 
 
-BootstrapMetric = Callable[[np.ndarray, np.ndarray], "float | None"]
-
-# The bootstrapped metrics, each a function of (targets, probs) on one resample.
-BOOTSTRAP_METRICS: dict[str, Callable[[np.ndarray, np.ndarray, Sequence[str]], float | None]] = {
-    "balanced_accuracy": lambda t, p, names: float(balanced_accuracy_score(*_subset_pair(t, p))),
-    "auc_ovr_macro": lambda t, p, names: macro_auc(*_subset_auc_pair(t, p)),
-    "malignant_auc": lambda t, p, names: malignant_auc(t, p, names),
-}
-
-
-def _subset_pair(targets: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    sub = restrict_to_present(targets, probs)
-    return sub.targets, sub.preds
-
-
-def _subset_auc_pair(targets: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    sub = restrict_to_present(targets, probs)
-    return sub.targets, sub.raw_probs
+BOOTSTRAP_METRICS = ("balanced_accuracy", "auc_ovr_macro", "malignant_auc")
 
 
 def bootstrap_intervals(targets: np.ndarray, probs: np.ndarray, label_names: Sequence[str], *,
                         n_resamples: int = 1000, seed: int = 0, level: float = 0.95,
-                        metrics: Sequence[str] = tuple(BOOTSTRAP_METRICS)) -> dict[str, dict]:
+                        metrics: Sequence[str] = BOOTSTRAP_METRICS) -> dict[str, dict]:
     """Percentile-bootstrap intervals: resample images with replacement, recompute, take quantiles.
 
     The classes present are fixed by the full set (a resample that happens to miss a rare class
@@ -224,14 +208,18 @@ def bootstrap_intervals(targets: np.ndarray, probs: np.ndarray, label_names: Seq
     """
     targets = np.asarray(targets, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
+    unknown = sorted(set(metrics) - set(BOOTSTRAP_METRICS))
+    if unknown:
+        raise KeyError(f"no bootstrap rule for metric(s) {unknown}; choose from {list(BOOTSTRAP_METRICS)}")
     rng = np.random.default_rng(seed)
+    present = np.unique(targets)
     n = targets.size
     values: dict[str, list[float]] = {m: [] for m in metrics}
     for _ in range(n_resamples):
         idx = rng.integers(0, n, size=n)
         t, p = targets[idx], probs[idx]
         for name in metrics:
-            value = _resample_metric(name, t, p, label_names, present=np.unique(targets))
+            value = _resample_metric(name, t, p, label_names, present)
             if value is not None:
                 values[name].append(value)
     tail = (1.0 - level) / 2.0
@@ -258,6 +246,5 @@ def _resample_metric(name: str, targets: np.ndarray, probs: np.ndarray, label_na
         recalls = [(preds[sub_t == c] == c).mean() for c in range(present.size) if (sub_t == c).any()]
         return float(np.mean(recalls)) if len(recalls) == present.size else None
     if name == "auc_ovr_macro":
-        aucs = per_class_auc(sub_t, raw)
-        return float(np.mean(aucs)) if all(a is not None for a in aucs) and present.size >= 2 else None
-    raise KeyError(f"no bootstrap rule for metric {name!r}; choose from {list(BOOTSTRAP_METRICS)}")
+        return macro_auc(sub_t, raw)
+    raise KeyError(name)
