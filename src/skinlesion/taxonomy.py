@@ -41,6 +41,7 @@ MALIGNANT_CODES: frozenset[str] = frozenset(c.code for c in HAM10000_CLASSES if 
 # Spellings used by other releases (ISIC 2018/2019 columns, PH2, folder names users pick).
 ALIASES: dict[str, str] = {
     "ak": "akiec", "akiec": "akiec", "actinic_keratosis": "akiec", "scc": "akiec",
+    "squamous_cell_carcinoma": "akiec",
     "bcc": "bcc", "basal_cell_carcinoma": "bcc",
     "bkl": "bkl", "seborrheic_keratosis": "bkl", "benign_keratosis": "bkl",
     "df": "df", "dermatofibroma": "df",
@@ -61,7 +62,10 @@ def describe_label(label: str) -> LesionClass:
     if known is not None:
         return known
     pretty = label.replace("_", " ").strip().capitalize()
-    return LesionClass(label, pretty, "", malignant=label.strip().lower() in {"melanoma", "mel"})
+    # Malignancy follows the known spelling ('basal_cell_carcinoma' -> bcc, 'scc' -> akiec) so a model
+    # trained on folder names still counts its cancers as malignant.
+    alias = ALIASES.get(label.strip().lower().replace(" ", "_").replace("-", "_"))
+    return LesionClass(label, pretty, "", malignant=alias in MALIGNANT_CODES)
 
 
 def malignant_indices(label_names: list[str] | tuple[str, ...]) -> list[int]:

@@ -10,8 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
 from .constants import DEFAULT_CROP_PCT, DEFAULT_IMAGE_SIZE, DEFAULT_INTERPOLATION, DEFAULT_MEAN, DEFAULT_STD
 
@@ -26,6 +25,15 @@ class Preprocessing:
     crop_pct: float = DEFAULT_CROP_PCT
     interpolation: str = DEFAULT_INTERPOLATION
 
+    def __post_init__(self) -> None:
+        if self.input_size < 1:
+            raise ValueError(f"input_size must be positive, got {self.input_size}")
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean and std need 3 values each, std positive; got {self.mean}, {self.std}")
+        _interp(self.interpolation)  # fail here, not at the first batch
+
     def to_timm(self) -> dict:
         return {"input_size": (3, self.input_size, self.input_size), "mean": tuple(self.mean),
                 "std": tuple(self.std), "crop_pct": self.crop_pct, "crop_mode": "center",
@@ -34,8 +42,15 @@ class Preprocessing:
     @classmethod
     def from_timm(cls, cfg: dict) -> Preprocessing:
         size = cfg.get("input_size", (3, DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE))
-        return cls(input_size=int(size[-1]), mean=tuple(cfg.get("mean", DEFAULT_MEAN)),
-                   std=tuple(cfg.get("std", DEFAULT_STD)), crop_pct=float(cfg.get("crop_pct", DEFAULT_CROP_PCT)),
+        if isinstance(size, int):
+            size = (3, size, size)
+        if len(size) != 3 or int(size[-1]) != int(size[-2]):
+            raise ValueError(f"input_size {tuple(size)} is not (3, S, S); only square inputs are supported")
+        if cfg.get("crop_mode", "center") != "center":
+            raise ValueError(f"crop_mode {cfg['crop_mode']!r} is not supported; only 'center'")
+        return cls(input_size=int(size[-1]), mean=tuple(float(v) for v in cfg.get("mean", DEFAULT_MEAN)),
+                   std=tuple(float(v) for v in cfg.get("std", DEFAULT_STD)),
+                   crop_pct=float(cfg.get("crop_pct", DEFAULT_CROP_PCT)),
                    interpolation=str(cfg.get("interpolation", DEFAULT_INTERPOLATION)))
 
     def as_dict(self) -> dict:
