@@ -1,0 +1,101 @@
+"""Evaluate one or more model folders on a dataset: `python evaluate.py --model runs/x --data DATA --out DIR`.
+
+Writes DIR/report.json (stable keys), DIR/report.md and PNG figures. All the work is in
+skinlesion.evaluation; this file only parses the command line into an EvalConfig.
+
+Examples:
+  python evaluate.py --model runs/lesion --data ../shared/data/HAM10000 --out runs/lesion/eval/ham_test
+  python evaluate.py --model runs/lesion --data ../shared/data/ISIC2017_test --out runs/lesion/eval/isic2017
+  python evaluate.py --model runs/a --model runs/b --data ../shared/data/HAM10000 --compare-tta --out cmp/
+  python evaluate.py --model runs/lesion --data PH2_by_class \\
+      --label-map common_nevus=nv,atypical_nevus=nv,melanoma=mel --out runs/lesion/eval/ph2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from skinlesion.data.sources import LAYOUTS, DataError
+from skinlesion.evaluation import EVAL_SPLITS, CalibrationSplitError, EvalConfig, command_line, run
+from skinlesion.explain_quality import MaskError
+from skinlesion.hub import HubUnavailableError
+from skinlesion.imageio import ImageLoadError
+from skinlesion.modelfolder import ModelFolderError
+from skinlesion.taxonomy import parse_label_map
+from skinlesion.tta import TTA_MODES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = parser.add_argument_group("models")
+    g.add_argument("--model", action="append", required=True, dest="models", metavar="PATH_OR_ID",
+                   help="model folder or Hub id; repeat to compare models (the first is the primary)")
+    g.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) for Hub ids")
+    g.add_argument("--device", default=None, help="torch device (default: the Predictor's choice)")
+
+    g = parser.add_argument_group("data")
+    g.add_argument("--data", required=True, help="dataset folder or CSV (HAM10000, ISIC 2017/2018/2019, class folders)")
+    g.add_argument("--layout", choices=LAYOUTS, default=None, help="override the auto-detected layout")
+    g.add_argument("--split", choices=EVAL_SPLITS, default=None,
+                   help="split of a manifest-split set (default: test); other sets are evaluated whole")
+    g.add_argument("--manifest", default=None,
+                   help="split manifest CSV (default for HAM10000: the model folder's split_manifest.csv)")
+    g.add_argument("--label-map", default=None, metavar="SRC=DST,...",
+                   help="map data labels onto model labels, e.g. common_nevus=nv,melanoma=mel")
+
+    g = parser.add_argument_group("inference")
+    g.add_argument("--tta", choices=tuple(TTA_MODES), default=None, help="TTA views (default: the model's own)")
+    g.add_argument("--compare-tta", action=argparse.BooleanOptionalAction, default=False,
+                   help="also report the same pass without TTA, as a second comparison row")
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes decoding images")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bar")
+
+    g = parser.add_argument_group("statistics and calibration")
+    g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% intervals (0 = off)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--fit-temperature", action=argparse.BooleanOptionalAction, default=False,
+                   help="fit temperature + OOD threshold on the VALIDATION split and write them to the model folder")
+
+    g = parser.add_argument_group("explanations")
+    g.add_argument("--cam-methods", default="", metavar="NAME,...",
+                   help="CAM methods to score, e.g. gradcam,gradcam++,eigencam (default: none)")
+    g.add_argument("--cam-images", type=int, default=8, help="images explained per CAM method")
+    g.add_argument("--cam-tta", choices=tuple(TTA_MODES), default="none", help="TTA views averaged inside each map")
+    g.add_argument("--masks", default=None, help="folder of lesion masks (white = lesion), matched by file stem")
+    g.add_argument("--sheet-images", type=int, default=4, help="images on the side-by-side CAM sheets")
+
+    parser.add_argument("--out", required=True, help="output folder")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, argv: list[str] | None) -> EvalConfig:
+    return EvalConfig(
+        models=tuple(args.models), data=args.data, out=args.out, layout=args.layout, split=args.split,
+        manifest=args.manifest, label_map=parse_label_map(args.label_map), tta=args.tta,
+        compare_tta=args.compare_tta, batch_size=args.batch_size, workers=args.workers, bootstrap=args.bootstrap,
+        seed=args.seed, fit_temperature=args.fit_temperature,
+        cam_methods=tuple(m.strip() for m in args.cam_methods.split(",") if m.strip()),
+        cam_images=args.cam_images, cam_tta=args.cam_tta, masks=args.masks, sheet_images=args.sheet_images,
+        revision=args.revision, device=args.device, progress=args.progress, command=command_line(argv),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = run(config_from_args(args, argv))
+    except (DataError, CalibrationSplitError, MaskError, ModelFolderError, HubUnavailableError, ImageLoadError,
+            ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    headline = {k: result.get(k) for k in ("n_images", "accuracy", "balanced_accuracy", "auc_ovr_macro",
+                                           "malignant_auc", "ece", "elapsed_seconds")}
+    print(json.dumps({"out": args.out, **headline}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

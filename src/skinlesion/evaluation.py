@@ -1,0 +1,456 @@
+"""Evaluate model folders on a dataset: metrics, calibration, explanation quality, comparison.
+
+`run(EvalConfig)` is the whole of `evaluate.py`. Per model it: loads the Predictor; selects the
+images (a split of HAM10000 through the split manifest, or the whole of any other set); streams them
+through the Predictor's preprocessing and `forward_views` (the one place logits are computed) to get
+(V, N, K) view logits; optionally fits the temperature and OOD threshold on the validation split and
+writes them into the model folder; scores; draws; and scores saliency maps. With several models
+or `compare_tta`, one comparison table is added. Only this function writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from . import calibration, metrics, reporting, tta
+from .constants import MANIFEST_FILE
+from .data import DataError, LesionDataset, LesionTable, load_table, read_manifest, select_split
+from .data.sources import ISIC2018_TO_HAM, ISIC2019_TO_HAM
+from .explain_quality import QualityConfig, evaluate_explanations
+from .imageio import load_rgb
+from .modelfolder import update_extras
+from .taxonomy import ALIASES
+from .transforms import eval_transform
+
+OOD_QUANTILE = 0.01
+EVAL_SPLITS = ("test", "val", "all")
+
+# How each layout's own ground truth becomes HAM10000 codes (before any --label-map).
+LAYOUT_LABELS = {
+    "ham10000": "HAM10000 `dx` codes as they are",
+    "isic2017": "ISIC 2017: melanoma=1 -> mel, seborrheic_keratosis=1 -> bkl, neither -> nv",
+    "isic2018": "ISIC 2018 one-hot columns: " + ", ".join(f"{k}->{v}" for k, v in ISIC2018_TO_HAM.items()),
+    "isic2019": "ISIC 2019 one-hot columns: " + ", ".join(f"{k}->{v}" for k, v in ISIC2019_TO_HAM.items())
+                + " (UNK rows dropped)",
+    "imagefolder": "class sub-folder names",
+    "hf": "the dataset's label feature",
+}
+
+
+class LabelMappingError(DataError):
+    """The data has a label the model does not know and `--label-map` does not map."""
+
+
+class CalibrationSplitError(ValueError):
+    """A temperature / OOD threshold would be fitted on data that is not a validation split."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Everything one evaluation run needs; built once from the command line (see evaluate.py)."""
+
+    models: tuple[str, ...]                      # model folders or Hub ids; the first is the primary
+    data: str                                    # dataset path (any layout data.load_table reads)
+    out: str                                     # output folder for report.json, report.md, PNGs
+    layout: str | None = None                    # None = auto-detect
+    split: str | None = None                     # test|val|all; None = test with a manifest, else all
+    manifest: str | None = None                  # None = the model folder's split_manifest.csv (HAM10000)
+    label_map: dict[str, str] = field(default_factory=dict)  # data label -> model label
+    tta: str | None = None                       # none|flips|full; None = each model's own setting
+    compare_tta: bool = False                    # also report the same pass without TTA (identity view)
+    batch_size: int = 64
+    workers: int = 2                             # DataLoader processes decoding JPEGs
+    bootstrap: int = 1000                        # resamples for the 95% intervals (0 = none)
+    seed: int = 0                                # bootstrap and image choice
+    fit_temperature: bool = False                # fit T + OOD threshold on the validation split, save them
+    cam_methods: tuple[str, ...] = ()            # explanation methods to score (empty = skip)
+    cam_images: int = 8                          # images per method
+    cam_tta: str = "none"                        # TTA views averaged inside each saliency map
+    masks: str | None = None                     # lesion masks for localisation (matched by file stem)
+    sheet_images: int = 4                        # images on the side-by-side CAM sheets
+    revision: str | None = None                  # Hub revision for Hub ids
+    device: str | None = None
+    progress: bool = True
+    command: str | None = None                   # the command line, recorded in the report
+
+
+@dataclass
+class ViewLogits:
+    logits: torch.Tensor   # (V, N, K) raw logits, view-major as in tta.TTA_MODES[mode]
+    targets: torch.Tensor  # (N,) model class indices
+    mode: str
+    seconds: float
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+def check_labels(data_labels: list[str], model_labels: list[str], label_map: dict[str, str]) -> None:
+    """Raise `LabelMappingError` naming each data label the model lacks, with a --label-map suggestion."""
+    missing = sorted(set(data_labels) - set(model_labels))
+    if not missing:
+        return
+    hints = []
+    for label in missing:
+        alias = ALIASES.get(label.strip().lower())
+        if alias in model_labels:
+            hints.append(f"{label}={alias}")
+    suggestion = f" e.g. --label-map {','.join(hints)}" if hints else " e.g. --label-map SRC=DST,..."
+    mapped = f" (after --label-map {label_map})" if label_map else ""
+    raise LabelMappingError(
+        f"data label(s) {missing}{mapped} are not among the model's labels {model_labels}; map each one onto a "
+        f"model label with --label-map SRC=DST,{suggestion}"
+    )
+
+
+def resolve_split(table: LesionTable, split: str | None, manifest_path: Path | None) -> tuple[LesionTable, str]:
+    """The rows to evaluate. Data with a manifest: the asked split (default test); other data: all of it."""
+    if split is not None and split not in EVAL_SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {list(EVAL_SPLITS)}")
+    if manifest_path is None:
+        if split in ("test", "val"):
+            raise DataError(
+                f"--split {split} needs a split manifest, and {table.root} (layout {table.layout}) has none: "
+                "pass --manifest CSV, or --split all to evaluate the whole set"
+            )
+        if table.layout == "ham10000":
+            raise DataError(
+                f"{table.root} is HAM10000 but no split manifest was found (none in the model folder, no "
+                "--manifest); evaluating it whole would score the training images. Pass --manifest, or "
+                "--split all if that is really what you want"
+            )
+        return table, "all"
+    chosen = split or "test"
+    return select_split(table, read_manifest(manifest_path), chosen), chosen
+
+
+def manifest_for(cfg: EvalConfig, folder: Path | None, layout: str) -> Path | None:
+    """--manifest if given; for HAM10000, the model folder's own split manifest if it has one."""
+    if cfg.manifest:
+        return Path(cfg.manifest)
+    if layout == "ham10000" and folder is not None and (folder / MANIFEST_FILE).is_file():
+        return folder / MANIFEST_FILE
+    return None
+
+
+def collect_view_logits(predictor, table: LesionTable, mode: str, *, batch_size: int, workers: int,
+                        progress: bool) -> ViewLogits:
+    """Stream the table through the Predictor's eval transform and `forward_views` -> (V, N, K) logits."""
+    check_labels(sorted(set(table.frame["label"])), list(predictor.label_names), {})
+    dataset = LesionDataset(table, predictor.label_names, eval_transform(predictor.preprocessing), images=None)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        persistent_workers=False)
+    device = next(predictor.loaded.model.parameters()).device
+    from tqdm.auto import tqdm
+
+    chunks, targets = [], []
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for x, y in tqdm(loader, desc=f"evaluating ({mode})", unit="batch", disable=not progress):
+            chunks.append(predictor.forward_views(x.to(device), mode).float().cpu())  # (V, B, K)
+            targets.append(y)
+    logits = torch.cat(chunks, dim=1)  # (V, N, K)
+    n_views = len(tta.get_views(mode))
+    if logits.shape[0] != n_views:
+        raise RuntimeError(f"forward_views returned {logits.shape[0]} views for TTA {mode!r}, expected {n_views}")
+    return ViewLogits(logits=logits, targets=torch.cat(targets).long(), mode=mode,
+                      seconds=time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration
+# ---------------------------------------------------------------------------------------------
+
+def require_validation_split(data_name: str) -> None:
+    """Calibration is fitted on the validation split only: fitted on test data, the test ECE means nothing."""
+    if data_name != "val":
+        raise CalibrationSplitError(
+            f"refusing to fit the temperature on {data_name!r}: it must be the validation split (fitting on "
+            "test data makes the reported calibration meaningless). Evaluate HAM10000 with its split manifest "
+            "(the model folder's split_manifest.csv or --manifest); --fit-temperature fits on its val rows"
+        )
+
+
+def fit_calibration(view_logits: torch.Tensor, targets: torch.Tensor, *, fitted_on: str) -> dict:
+    """Temperature (NLL on the TTA-averaged probabilities) and energy OOD threshold from validation logits."""
+    require_validation_split(fitted_on)
+    y = targets.numpy()
+    temperature = calibration.fit_temperature(view_logits, targets)
+    threshold = calibration.fit_ood_threshold(calibration.energy_score(view_logits, temperature).numpy(),
+                                              quantile=OOD_QUANTILE)
+    return {
+        "temperature": temperature,
+        "ece_before": calibration.expected_calibration_error(calibration.calibrated_probs(view_logits, 1.0).numpy(),
+                                                             y, n_bins=metrics.ECE_BINS),
+        "ece_after": calibration.expected_calibration_error(
+            calibration.calibrated_probs(view_logits, temperature).numpy(), y, n_bins=metrics.ECE_BINS),
+        "ood": {"score": "energy", "threshold": threshold, "quantile": OOD_QUANTILE},
+        "n": int(y.size),
+        "fitted_on": "val",
+    }
+
+
+def save_calibration(folder: Path, fit: dict, mode: str) -> None:
+    update_extras(folder, temperature=fit["temperature"], ood=fit["ood"],
+                  calibration={"fitted_on": "val", "tta": mode, "ece_before": fit["ece_before"],
+                               "ece_after": fit["ece_after"], "n": fit["n"]})
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+# ---------------------------------------------------------------------------------------------
+
+def score(view_logits: torch.Tensor, targets: torch.Tensor, label_names: list[str], temperature: float, *,
+          bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Every metric for (V, N, K) view logits: the report's numbers, without file I/O."""
+    y = targets.numpy()
+    probs = calibration.calibrated_probs(view_logits, temperature).numpy()  # (N, K), TTA-averaged
+    raw_probs = calibration.calibrated_probs(view_logits, 1.0).numpy()
+    summary = metrics.classification_summary(y, probs, label_names)
+    present = summary["classes"]
+    restricted = len(present) < len(label_names)
+    summary.update({
+        "model_classes": list(label_names),
+        "classes_present": present,
+        "restricted_to_present": restricted,
+        "prediction_rule": (
+            f"argmax over the {len(present)} classes present in the ground truth ({', '.join(present)}), "
+            "their probabilities renormalised; AUCs use the model's own probability of each class; ECE "
+            "uses all the model's classes" if restricted else "argmax over all the model's classes"),
+        "temperature": float(temperature),
+        "ece_before": metrics.expected_calibration_error(raw_probs, y, n_bins=metrics.ECE_BINS),
+        "ece_after": summary["ece"],
+        "reliability": {"before": metrics.reliability_bins(raw_probs, y), "after": metrics.reliability_bins(probs, y)},
+    })
+    if bootstrap > 0:
+        intervals = metrics.bootstrap_intervals(y, probs, label_names, n_resamples=bootstrap, seed=seed)
+        summary["ci95"] = {k: [v["low"], v["high"]] for k, v in intervals.items()}
+        for name, interval in summary["ci95"].items():
+            summary[f"{name}_ci95"] = interval
+        summary["bootstrap"] = {"n_resamples": bootstrap, "seed": seed, "method": "percentile",
+                                "n_valid": {k: v["n_valid"] for k, v in intervals.items()}}
+    else:
+        summary["ci95"] = {}
+    warnings = []
+    if len(present) < 2:
+        warnings.append(f"only one class ({present[0]}) is present: restricted accuracy is trivially 1 and "
+                        "AUCs are undefined; see accuracy_all_classes")
+    if restricted:
+        warnings.append(f"the data holds {len(present)} of the model's {len(label_names)} classes; metrics are "
+                        "restricted to those (see prediction_rule)")
+    summary["warnings"] = warnings
+    return summary
+
+
+def comparison_row(name: str, source: str, report: dict, mode: str, n_views: int) -> dict:
+    mel = report.get("melanoma") or {}
+    return {"model": name, "source": source, "tta": mode, "n_views": n_views, "n_images": report["n_images"],
+            "accuracy": report["accuracy"], "balanced_accuracy": report["balanced_accuracy"],
+            "macro_f1": report["macro_f1"], "auc_ovr_macro": report["auc_ovr_macro"],
+            "malignant_auc": report["malignant_auc"], "melanoma_sensitivity": mel.get("sensitivity"),
+            "ece": report["ece"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+def _load_predictor(source: str, cfg: EvalConfig):
+    from .predictor import Predictor
+
+    return Predictor.from_pretrained(source, revision=cfg.revision, device=cfg.device)
+
+
+def _local_folder(source: str) -> Path | None:
+    path = Path(str(source).removeprefix("local-dir:"))
+    return path if path.is_dir() else None
+
+
+def _slug(source: str, used: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(str(source).rstrip("/")).name or str(source)).strip("_") or "model"
+    slug, i = base, 2
+    while slug in used:
+        slug, i = f"{base}_{i}", i + 1
+    used.add(slug)
+    return slug
+
+
+def _json_safe(value):
+    """numpy scalars -> Python, NaN/inf -> None, so report.json is strict JSON."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _write_plots(report: dict, logits: torch.Tensor, targets: torch.Tensor, label_names: list[str],
+                 out: Path, prefix: str) -> dict[str, str]:
+    title = f"{report['model']['source']} ({report['data']['split']}, TTA {report['model']['tta']})"
+    probs = calibration.calibrated_probs(logits, report["temperature"]).numpy()
+    files = {
+        "confusion_matrix": reporting.plot_confusion(report["confusion_matrix"], report["classes"],
+                                                     out / f"{prefix}confusion_matrix.png", normalise=False,
+                                                     title=f"counts: {title}"),
+        "confusion_matrix_normalized": reporting.plot_confusion(
+            report["confusion_matrix"], report["classes"], out / f"{prefix}confusion_matrix_normalized.png",
+            normalise=True, title=f"row-normalised: {title}"),
+        "roc_curves": reporting.plot_roc(metrics.roc_curves(targets.numpy(), probs, label_names),
+                                         out / f"{prefix}roc_curves.png", title=f"ROC: {title}"),
+        "reliability": reporting.plot_reliability(report["reliability"]["before"], report["reliability"]["after"],
+                                                  report["ece_before"], report["ece_after"], report["temperature"],
+                                                  out / f"{prefix}reliability.png"),
+    }
+    return {k: str(v.relative_to(out)) for k, v in files.items()}
+
+
+def _cam_cells(predictor, paths: list[str], method: str, tta_mode: str) -> list:
+    return [predictor.explain(load_rgb(p), method=method, tta=tta_mode).overlay for p in paths]
+
+
+def evaluate_one(source: str, name: str, cfg: EvalConfig, table: LesionTable, out: Path,
+                 prefix: str) -> tuple[dict, list[dict], object, LesionTable]:
+    """Evaluate one model; returns its report, its comparison rows, the predictor and the rows evaluated."""
+    started = time.perf_counter()
+    predictor = _load_predictor(source, cfg)
+    folder = _local_folder(source)
+    check_labels(sorted(set(table.frame["label"])), list(predictor.label_names), cfg.label_map)
+    manifest = manifest_for(cfg, folder, table.layout)
+    selected, split = resolve_split(table, cfg.split, manifest)
+    mode = cfg.tta or str(predictor.loaded.extras.get("tta", "none"))
+    tta.get_views(mode)  # unknown modes fail here, before any work
+    # One pass gives both rows of a TTA comparison: view 0 of every mode is the identity.
+    pass_mode = "flips" if cfg.compare_tta and mode == "none" else mode
+    load_seconds = time.perf_counter() - started
+
+    fit = None
+    if cfg.fit_temperature:
+        if folder is None:
+            raise CalibrationSplitError(f"--fit-temperature writes into the model folder; {source!r} is not a local "
+                                        "folder (download it first)")
+        if manifest is None:
+            require_validation_split(f"the whole of {table.root} (layout {table.layout}, no split manifest)")
+        # Evaluating the val split itself: its logits are the ones to fit on, no second pass.
+        val = None if split == "val" else collect_view_logits(
+            predictor, select_split(table, read_manifest(manifest), "val"), mode, batch_size=cfg.batch_size,
+            workers=cfg.workers, progress=cfg.progress)
+    logits = collect_view_logits(predictor, selected, pass_mode, batch_size=cfg.batch_size, workers=cfg.workers,
+                                 progress=cfg.progress)
+    n_views = len(tta.get_views(mode))
+    view_logits = logits.logits[:n_views] if pass_mode != mode else logits.logits
+    if cfg.fit_temperature:
+        val_logits, val_targets = (val.logits, val.targets) if val is not None else (view_logits, logits.targets)
+        fit = fit_calibration(val_logits, val_targets, fitted_on="val")
+        save_calibration(folder, fit, mode)
+        predictor = _load_predictor(source, cfg)  # reload so explanations use the saved extras too
+    temperature = fit["temperature"] if fit else predictor.loaded.temperature
+
+    t0 = time.perf_counter()
+    report = score(view_logits, logits.targets, list(predictor.label_names), temperature,
+                   bootstrap=cfg.bootstrap, seed=cfg.seed)
+    metric_seconds = time.perf_counter() - t0
+    report["model"] = {"name": name, "source": str(source), "architecture": predictor.loaded.architecture, "tta": mode,
+                       "temperature": temperature, "preprocessing": predictor.preprocessing.as_dict()}
+    report["data"] = {"path": cfg.data, "layout": table.layout, "split": split,
+                      "manifest": str(manifest) if manifest else None, "n_images": int(len(selected.frame)),
+                      "problems": selected.problems[:20]}
+    report["label_mapping"] = {"source_labels": LAYOUT_LABELS.get(table.layout, table.layout),
+                               "label_map": dict(cfg.label_map),
+                               "counts": {k: int(v) for k, v in selected.frame["label"].value_counts().sort_index().items()}}
+    if fit:
+        report["calibration_fit"] = fit
+    rows = [comparison_row(name, str(source), report, mode, n_views)]
+    if cfg.compare_tta:
+        other = "none" if mode != "none" else pass_mode
+        other_logits = logits.logits[:1] if other == "none" else logits.logits
+        other_report = score(other_logits, logits.targets, list(predictor.label_names), temperature, bootstrap=0)
+        rows.append(comparison_row(name, str(source), other_report, other, other_logits.shape[0]))
+        rows.sort(key=lambda r: r["n_views"])
+
+    plots = _write_plots(report, view_logits, logits.targets, list(predictor.label_names), out, prefix)
+    if cfg.cam_methods:
+        quality_cfg = QualityConfig(methods=cfg.cam_methods, n_images=cfg.cam_images, cam_tta=cfg.cam_tta,
+                                    masks=cfg.masks, seed=cfg.seed)
+        report["explanation_quality"] = evaluate_explanations(predictor, selected, quality_cfg, temperature)
+        chosen = [str(selected.frame["path"].iloc[i]) for i in range(min(cfg.sheet_images, len(selected.frame)))]
+        cells = [[load_rgb(p)] for p in chosen]
+        for method in cfg.cam_methods:
+            for row, overlay in zip(cells, _cam_cells(predictor, chosen, method, cfg.cam_tta), strict=True):
+                row.append(overlay)
+        plots["cam_methods"] = str(reporting.image_sheet(
+            cells, [Path(p).name for p in chosen], ["image", *cfg.cam_methods], out / f"{prefix}cam_methods.png"
+        ).relative_to(out))
+    report["plots"] = plots
+    total = time.perf_counter() - started
+    report["timing"] = {"load_seconds": load_seconds, "inference_seconds": logits.seconds,
+                        "metrics_seconds": metric_seconds, "total_seconds": total, "n_views": n_views,
+                        "pass_views": int(logits.logits.shape[0]),
+                        "images_per_second": len(selected.frame) / max(logits.seconds, 1e-9),
+                        "batch_size": cfg.batch_size, "workers": cfg.workers, "torch_threads": torch.get_num_threads()}
+    report["elapsed_seconds"] = total
+    return report, rows, predictor, selected
+
+
+def run(cfg: EvalConfig) -> dict:
+    """Evaluate every model in `cfg.models` on `cfg.data`; write report.json, report.md and the PNGs."""
+    if not cfg.models:
+        raise ValueError("give at least one --model")
+    started = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = load_table(cfg.data, layout=cfg.layout, label_map=cfg.label_map)
+    used: set[str] = set()
+    reports, rows, predictors, selections = [], [], [], []
+    slugs = [_slug(source, used) for source in cfg.models]
+    for i, source in enumerate(cfg.models):
+        # The primary model's figures sit beside report.json; the others' in a folder each.
+        prefix = "" if i == 0 else f"{slugs[i]}/"
+        report, model_rows, predictor, selected = evaluate_one(source, slugs[i], cfg, table, out, prefix)
+        reports.append(report)
+        rows.extend(model_rows)
+        predictors.append(predictor)
+        selections.append(selected)
+
+    result = dict(reports[0])  # the primary model's keys at top level
+    result.update({"command": cfg.command, "config": asdict(cfg), "models": reports, "comparison": rows})
+    if len(cfg.models) > 1:
+        # Only images every model evaluated can sit side by side.
+        common = set(selections[0].frame["path"])
+        for s in selections[1:]:
+            common &= set(s.frame["path"])
+        paths = [p for p in selections[0].frame["path"] if p in common][: cfg.sheet_images]
+        method = cfg.cam_methods[0] if cfg.cam_methods else "gradcam"
+        cells = [[load_rgb(p)] for p in paths]
+        for predictor in predictors:
+            for row, overlay in zip(cells, _cam_cells(predictor, paths, method, cfg.cam_tta), strict=True):
+                row.append(overlay)
+        sheet = reporting.image_sheet(cells, [Path(p).name for p in paths],
+                                      ["image", *slugs],
+                                      out / "cam_comparison.png")
+        result["plots"] = {**result["plots"], "cam_comparison": str(sheet.relative_to(out))}
+    result["elapsed_seconds"] = time.perf_counter() - started
+    result = _json_safe(result)
+    (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "report.md").write_text(reporting.render_markdown(result))
+    return result
+
+
+def command_line(argv: list[str] | None) -> str:
+    args = sys.argv[1:] if argv is None else argv
+    return "python evaluate.py " + " ".join(shlex.quote(a) for a in args)
