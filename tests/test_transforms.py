@@ -1,0 +1,145 @@
+"""Eval/train transforms, the preprocessing config, the torch dataset and the imbalance helpers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import synthetic_lesion
+from PIL import Image
+
+from skinlesion.data import LesionDataset, LesionTable, balanced_sampler, build_cache, class_weights
+from skinlesion.transforms import (
+    Augmentation,
+    Preprocessing,
+    eval_geometry,
+    eval_transform,
+    resize_size,
+    train_transform,
+)
+
+PRE = Preprocessing(input_size=48)
+
+
+def as_uint8_tensor(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)  # HWC -> CHW
+
+
+def test_eval_transform_same_for_pil_and_uint8_tensor() -> None:
+    img = synthetic_lesion(0, (90, 70))
+    from_pil = eval_transform(PRE)(img)
+    from_tensor = eval_transform(PRE)(as_uint8_tensor(img))
+    assert from_pil.shape == from_tensor.shape == (3, 48, 48)
+    assert from_pil.dtype == from_tensor.dtype == torch.float32
+    torch.testing.assert_close(from_pil, from_tensor, rtol=0, atol=1e-6)
+
+
+def test_eval_transform_normalises_with_the_configured_mean_and_std() -> None:
+    colour = (200, 120, 40)
+    img = Image.new("RGB", (64, 50), colour)
+    out = eval_transform(PRE)(img)
+    expected = (torch.tensor(colour) / 255.0 - torch.tensor(PRE.mean)) / torch.tensor(PRE.std)
+    torch.testing.assert_close(out.mean(dim=(1, 2)), expected.float(), rtol=0, atol=1e-4)
+    assert out.std(dim=(1, 2)).max() < 1e-4  # a flat image stays flat
+
+
+def test_eval_geometry_keeps_uint8_and_crops_the_centre() -> None:
+    pre = Preprocessing(input_size=40, crop_pct=0.8)
+    assert resize_size(pre) == 50
+    img = Image.new("RGB", (100, 60), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 10, 60))  # a white band on the far left is cropped away
+    out = eval_geometry(pre)(img)
+    assert out.dtype == torch.uint8 and tuple(out.shape) == (3, 40, 40)
+    assert int(out.max()) == 0
+
+
+def test_train_transform_shape_and_seeded_randomness() -> None:
+    img = as_uint8_tensor(synthetic_lesion(1, (90, 70)))
+    aug = Augmentation(rand_augment=True, random_erasing=0.5)
+    transform = train_transform(PRE, aug)
+    torch.manual_seed(0)
+    a = transform(img)
+    torch.manual_seed(0)
+    b = transform(img)
+    c = transform(img)
+    assert a.shape == (3, 48, 48) and a.dtype == torch.float32
+    torch.testing.assert_close(a, b)
+    assert not torch.equal(a, c)  # augmentation is random
+    assert torch.isfinite(a).all()
+
+
+def test_preprocessing_timm_round_trip_through_json() -> None:
+    pre = Preprocessing(input_size=96, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), crop_pct=0.9,
+                        interpolation="bilinear")
+    cfg = pre.to_timm()
+    assert cfg["input_size"] == (3, 96, 96) and cfg["crop_mode"] == "center"
+    assert Preprocessing.from_timm(cfg) == pre
+    assert Preprocessing.from_timm(json.loads(json.dumps(cfg))) == pre  # lists after JSON, still equal
+    assert Preprocessing.from_timm({}) == Preprocessing()
+
+
+def test_preprocessing_rejects_what_it_cannot_reproduce() -> None:
+    with pytest.raises(ValueError, match="only square"):
+        Preprocessing.from_timm({"input_size": [3, 224, 192]})
+    with pytest.raises(ValueError, match="crop_pct"):
+        Preprocessing(crop_pct=1.5)
+    with pytest.raises(ValueError, match="unknown interpolation 'lanczos3'"):
+        Preprocessing(interpolation="lanczos3")
+
+
+def test_class_weights_balance_the_classes() -> None:
+    targets = [0] * 60 + [1] * 30 + [2] * 10  # class 3 absent
+    weights = class_weights(targets, num_classes=4)
+    counts = np.bincount(targets, minlength=4)
+    assert weights.dtype == torch.float32 and weights.shape == (4,)
+    assert weights[3] == 0  # an absent class gets no weight
+    present = weights[:3]
+    assert present.mean().item() == pytest.approx(1.0)
+    totals = present.numpy() * counts[:3]  # every class contributes the same total weight
+    np.testing.assert_allclose(totals, totals[0], rtol=1e-6)
+
+
+def test_balanced_sampler_draws_classes_equally() -> None:
+    targets = [0] * 900 + [1] * 90 + [2] * 10
+    draws = []
+    sampler = balanced_sampler(targets, num_classes=3, generator=torch.Generator().manual_seed(0))
+    for _ in range(5):
+        draws.extend(targets[i] for i in sampler)
+    freq = np.bincount(draws, minlength=3) / len(draws)
+    np.testing.assert_allclose(freq, [1 / 3] * 3, atol=0.03)
+    again = list(balanced_sampler(targets, num_classes=3, generator=torch.Generator().manual_seed(0)))
+    first = list(balanced_sampler(targets, num_classes=3, generator=torch.Generator().manual_seed(0)))
+    assert again == first  # seeded
+
+
+def test_balanced_sampler_power_goes_part_way() -> None:
+    targets = [0] * 900 + [1] * 100
+    sampler = balanced_sampler(targets, num_classes=2, generator=torch.Generator().manual_seed(0), power=0.5)
+    draws = [targets[i] for _ in range(4) for i in sampler]
+    share_minority = np.mean(np.asarray(draws) == 1)
+    assert 0.15 < share_minority < 0.4  # sqrt weighting: 0.25 expected; unweighted 0.1, balanced 0.5
+
+
+def test_lesion_dataset_with_cache(tmp_path: Path) -> None:
+    rows = []
+    for i, (label, size) in enumerate([("mel", (300, 200)), ("nv", (80, 60)), ("nv", (64, 64))]):
+        path = tmp_path / f"img{i}.png"
+        synthetic_lesion(i, size).save(path)
+        rows.append({"image_id": f"img{i}", "path": str(path), "label": label, "group": f"img{i}"})
+    table = LesionTable(frame=pd.DataFrame(rows), layout="synthetic", root=str(tmp_path))
+    cache = build_cache(table.frame["path"].tolist(), short_side=64, threads=2)
+    assert [tuple(t.shape) for t in cache] == [(3, 64, 96), (3, 60, 80), (3, 64, 64)]  # short side capped
+    assert all(t.dtype == torch.uint8 for t in cache)
+    classes = ["bkl", "mel", "nv"]
+    cached = LesionDataset(table, classes, eval_transform(PRE), images=cache)
+    lazy = LesionDataset(table, classes, eval_transform(PRE), short_side=64)
+    assert cached.targets == [1, 2, 2]
+    x, y = cached[0]
+    assert x.shape == (3, 48, 48) and y == 1
+    torch.testing.assert_close(lazy[0][0], x)  # lazy decoding gives the cached result
+    with pytest.raises(ValueError, match=r"not among the model's classes"):
+        LesionDataset(table, ["mel"], eval_transform(PRE))
