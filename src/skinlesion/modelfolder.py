@@ -170,15 +170,18 @@ def load_model_folder(source: str | Path, *, revision: str | None = None, device
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError) as err:
         raise ModelFolderError(f"{weights}: unreadable safetensors file ({err})") from err
+    # Shapes first: load_state_dict raises a bare RuntimeError on a size mismatch, even with strict=False.
+    for name, param in model.state_dict().items():
+        if name in state and param.shape != state[name].shape:
+            raise ModelFolderError(
+                f"{folder}: weights do not match config.json ({arch!r}, model_args {config.get('model_args', {})}): "
+                f"{name} has shape {tuple(state[name].shape)}, the model expects {tuple(param.shape)}")
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ModelFolderError(
             f"{folder}: weights do not match architecture {arch!r} with {config['num_classes']} classes "
             f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})"
         )
-    for name, param in model.state_dict().items():
-        if param.shape != state[name].shape:  # load_state_dict already raised for these; belt and braces
-            raise ModelFolderError(f"{folder}: {name} has shape {tuple(state[name].shape)}, model expects {tuple(param.shape)}")
     model.eval()
     if device is not None:
         model.to(device)
