@@ -1,0 +1,307 @@
+"""The Predictor: a model folder turned into calibrated, TTA-averaged predictions and explanations.
+
+Everything is rebuilt from the folder (`modelfolder.load_model_folder`); decoding is `imageio.load_rgb`,
+preprocessing is `transforms.eval_transform` (the evaluation code path), views come from `tta.py`,
+temperature and the energy OOD score from `calibration.py`. `forward_views` is the single place
+logits are computed, for the app, the CLIs and evaluation alike, on PyTorch or onnxruntime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from . import calibration, overlay
+from . import tta as tta_views
+from .constants import MODEL_WEIGHTS_FILE, ONNX_FILE
+from .imageio import ImageSource, load_rgb
+from .modelfolder import LoadedModel, ModelFolderError, load_model_folder, resolve_folder
+from .taxonomy import describe_label, malignant_indices
+from .transforms import Preprocessing, eval_transform
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TTA = "flips"
+DEFAULT_UNCERTAIN_BELOW = 0.5
+# Fewer than 3 of 4 flip views agreeing with the final label means the call hinges on orientation.
+MIN_AGREEMENT = 0.75
+ONNX_WEIGHTS_HASH_KEY = "skinlesion.weights_sha256"
+
+
+class OnnxUnavailableError(RuntimeError):
+    """ONNX inference was requested (use_onnx=True) but cannot be used for this folder or device."""
+
+
+@dataclass
+class Prediction:
+    """One image's calibrated, TTA-averaged prediction. `to_dict()` is JSON-able (without `model_input`)."""
+
+    label: str                      # class code, e.g. "mel"
+    label_name: str                 # full name, e.g. "Melanoma"
+    confidence: float               # calibrated probability of `label`
+    probs: dict[str, float]         # every class, calibrated (folder temperature) and averaged over views
+    top_k: list[tuple[str, float]]  # best classes first
+    malignant_prob: float | None    # sum over malignant classes; None if the model has none
+    agreement: float                # share of TTA views whose own argmax equals `label`
+    view_labels: list[str]          # each view's argmax, in `tta.get_views(tta)` order
+    ood_score: float                # energy score; lower = less like the training images
+    # True when `ood_score` is below the folder's fitted threshold. A folder without
+    # extras['ood']['threshold'] never flags anything (False): no threshold, no claim.
+    out_of_distribution: bool
+    uncertain: bool                 # confidence below extras['uncertain_below'] or agreement < 0.75
+    tta: str                        # TTA mode used
+    model_input: Image.Image | None = field(default=None, repr=False, compare=False)  # what the model saw
+
+    def to_dict(self) -> dict[str, Any]:
+        # Not dataclasses.asdict: it would deep-copy the PIL image only to throw it away.
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model_input"}
+        data.update(probs=dict(self.probs), top_k=[[label, p] for label, p in self.top_k],
+                    view_labels=list(self.view_labels))
+        return data
+
+
+@dataclass
+class Explanation:
+    heatmap: np.ndarray             # (H, W) float32 in [0, 1] at the original image's resolution
+    overlay: Image.Image            # original image with the heatmap blended in (crop region only)
+    target_label: str               # class the map explains
+    method: str                     # CAM method name
+    prediction: Prediction
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class OnnxForward:
+    """An onnxruntime session over `model.onnx`, refusing a file exported from other weights."""
+
+    def __init__(self, onnx_path: Path, weights_path: Path, *, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads or torch.get_num_threads())
+        self.session = ort.InferenceSession(str(onnx_path), sess_options=options,
+                                            providers=["CPUExecutionProvider"])
+        exported_from = self.session.get_modelmeta().custom_metadata_map.get(ONNX_WEIGHTS_HASH_KEY)
+        if exported_from is None or exported_from != file_sha256(weights_path):
+            raise ModelFolderError(
+                f"{onnx_path} was not exported from the current {weights_path.name} (stale or foreign file); "
+                "re-export it with `python -m skinlesion.export onnx --model FOLDER`, or pass use_onnx=False")
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+
+
+def _want_onnx(folder: Path, use_onnx: bool | None, device: torch.device) -> bool:
+    if use_onnx is False:
+        return False
+    exists = (folder / ONNX_FILE).is_file()
+    if use_onnx is None:
+        # Automatic: only on CPU (the sessions here use the CPU provider) and when the package is there.
+        if not exists or device.type != "cpu":
+            return False
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            logger.warning("%s has %s but onnxruntime is not installed: using PyTorch", folder, ONNX_FILE)
+            return False
+        return True
+    if not exists:
+        raise OnnxUnavailableError(f"use_onnx=True but {folder} has no {ONNX_FILE}; "
+                                   "create it with `python -m skinlesion.export onnx --model FOLDER`")
+    if device.type != "cpu":
+        raise OnnxUnavailableError(f"use_onnx=True runs on the CPU provider only, not on {device}")
+    return True
+
+
+class Predictor:
+    """Calibrated skin-lesion classification with TTA and CAM explanations, built from a model folder."""
+
+    def __init__(self, loaded: LoadedModel, *, tta: str | None = None, device: str | torch.device | None = None,
+                 onnx_forward: OnnxForward | None = None):
+        self.loaded = loaded
+        self.device = torch.device(device) if device is not None else next(loaded.model.parameters()).device
+        self.loaded.model.to(self.device).eval()
+        self.tta = tta or str(loaded.extras.get("tta", DEFAULT_TTA))
+        tta_views.get_views(self.tta)  # fail now on an unknown mode, not on the first request
+        self._onnx = onnx_forward
+        transform = eval_transform(loaded.preprocessing)
+        # eval_transform is [eval_geometry, to-float ops]: split it so the uint8 crop ("what the model
+        # sees") and the tensor come from one resize, through exactly the transforms evaluation uses.
+        geometry, *to_float = transform.transforms
+        if not isinstance(geometry, v2.Compose) or not to_float:
+            raise RuntimeError("transforms.eval_transform no longer starts with eval_geometry; update Predictor")
+        self._geometry = geometry
+        self._to_float = v2.Compose(to_float)
+        # One model, several callers (app events run in threads): CAM hooks live on the shared module,
+        # so an eager forward must never run while another thread's CAM hooks are attached.
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str | Path, revision: str | None = None,
+                        device: str | torch.device | None = None, tta: str | None = None,
+                        use_onnx: bool | None = None) -> Predictor:
+        """Load a model folder or Hub id (revision pinned). `use_onnx`: None = use model.onnx when present
+        and onnxruntime is installed (CPU only), True = require it, False = always PyTorch."""
+        folder = resolve_folder(path_or_hub_id, revision)
+        loaded = load_model_folder(folder, device=device)
+        loaded.source = str(path_or_hub_id)
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        onnx_forward = None
+        if _want_onnx(folder, use_onnx, dev):
+            onnx_forward = OnnxForward(folder / ONNX_FILE, folder / MODEL_WEIGHTS_FILE)
+        return cls(loaded, tta=tta, device=dev, onnx_forward=onnx_forward)
+
+    # -- the parts --------------------------------------------------------------------------------
+    @property
+    def label_names(self) -> list[str]:
+        return self.loaded.label_names
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.loaded.preprocessing
+
+    @property
+    def backend(self) -> str:
+        """"onnxruntime" or "torch": what `forward_views` runs on."""
+        return "onnxruntime" if self._onnx is not None else "torch"
+
+    def preprocess(self, image: ImageSource) -> tuple[torch.Tensor, Image.Image]:
+        """Any image source -> (normalised (3, S, S) tensor, the uint8 S x S crop as the model sees it)."""
+        return self._preprocess_rgb(load_rgb(image))
+
+    def _preprocess_rgb(self, rgb: Image.Image) -> tuple[torch.Tensor, Image.Image]:
+        crop = self._geometry(rgb)  # (3, S, S) uint8
+        model_input = Image.fromarray(crop.permute(1, 2, 0).numpy())
+        return self._to_float(crop), model_input
+
+    def forward_views(self, x: torch.Tensor, tta: str | None = None) -> torch.Tensor:
+        """(B, 3, H, W) normalised -> (V, B, K) raw logits from ONE batched forward over all TTA views."""
+        views = tta_views.get_views(tta or self.tta)
+        with torch.inference_mode():
+            if self._onnx is not None:
+                logits = self._onnx(tta_views.stack_views(x, views))  # (V*B, K)
+                return logits.reshape(len(views), x.shape[0], -1)
+            with self._lock:
+                return tta_views.tta_logits(self.loaded.model, x.to(self.device), views).float()
+
+    # -- predictions --------------------------------------------------------------------------------
+    def predictions_from_logits(self, view_logits: torch.Tensor, *, tta: str | None = None, top_k: int = 3,
+                                model_inputs: Sequence[Image.Image | None] | None = None) -> list[Prediction]:
+        """(V, B, K) view logits (from `forward_views`) -> B predictions."""
+        mode = tta or self.tta
+        n_views, batch, n_classes = view_logits.shape
+        if n_classes != len(self.label_names):
+            raise ValueError(f"logits have {n_classes} classes, the model has {len(self.label_names)}")
+        if n_views != len(tta_views.get_views(mode)):
+            raise ValueError(f"logits have {n_views} views but TTA mode {mode!r} has {len(tta_views.get_views(mode))}")
+        view_logits = view_logits.detach().float().cpu()
+        temperature = self.loaded.temperature
+        probs = calibration.calibrated_probs(view_logits, temperature)   # (B, K)
+        scores = calibration.energy_score(view_logits, temperature)      # (B,)
+        view_argmax = view_logits.argmax(dim=-1)                         # (V, B)
+        final = probs.argmax(dim=-1)                                     # (B,)
+        agreement = (view_argmax == final.unsqueeze(0)).float().mean(dim=0)
+        ood = self.loaded.extras.get("ood") or {}
+        threshold = ood.get("threshold")
+        uncertain_below = float(self.loaded.extras.get("uncertain_below", DEFAULT_UNCERTAIN_BELOW))
+        malignant = malignant_indices(self.label_names)
+        k = max(1, min(int(top_k), n_classes))
+        names = self.label_names
+        results = []
+        for b in range(batch):
+            p = probs[b].tolist()
+            label = names[int(final[b])]
+            order = sorted(range(n_classes), key=lambda i: p[i], reverse=True)[:k]
+            score = float(scores[b])
+            results.append(Prediction(
+                label=label,
+                label_name=describe_label(label).name,
+                confidence=p[int(final[b])],
+                probs={name: p[i] for i, name in enumerate(names)},
+                top_k=[(names[i], p[i]) for i in order],
+                malignant_prob=float(sum(p[i] for i in malignant)) if malignant else None,
+                agreement=float(agreement[b]),
+                view_labels=[names[int(i)] for i in view_argmax[:, b]],
+                ood_score=score,
+                out_of_distribution=bool(threshold is not None and score < float(threshold)),
+                uncertain=bool(p[int(final[b])] < uncertain_below or float(agreement[b]) < MIN_AGREEMENT),
+                tta=mode,
+                model_input=model_inputs[b] if model_inputs is not None else None,
+            ))
+        return results
+
+    def predict_tensors(self, x: torch.Tensor, *, tta: str | None = None, top_k: int = 3,
+                        model_inputs: Sequence[Image.Image | None] | None = None) -> list[Prediction]:
+        """(B, 3, S, S) preprocessed batch -> B predictions (the CLIs' batched path)."""
+        return self.predictions_from_logits(self.forward_views(x, tta), tta=tta, top_k=top_k,
+                                            model_inputs=model_inputs)
+
+    def predict(self, images: ImageSource | Sequence[ImageSource], tta: str | None = None, top_k: int = 3,
+                *, batch_size: int = 32) -> Prediction | list[Prediction]:
+        """A path, bytes, PIL image or numpy array -> one Prediction; a list of them -> a list.
+
+        Any unreadable input raises `imageio.ImageLoadError` naming it.
+        """
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        results: list[Prediction] = []
+        for start in range(0, len(items), batch_size):
+            tensors, crops = zip(*(self.preprocess(item) for item in items[start:start + batch_size]), strict=True)
+            results.extend(self.predict_tensors(torch.stack(tensors), tta=tta, top_k=top_k, model_inputs=crops))
+        return results[0] if single else results
+
+    # -- explanations -------------------------------------------------------------------------------
+    def class_index(self, label: str) -> int:
+        try:
+            return self.label_names.index(label)
+        except ValueError as err:
+            raise ValueError(f"unknown label {label!r}; this model's labels are {self.label_names}") from err
+
+    def explain(self, image: ImageSource, method: str = "gradcam", target: str | None = None,
+                tta: str | None = None, alpha: float = 0.5) -> Explanation:
+        """Predict `image` and explain `target` (default: the predicted label) with a TTA-averaged CAM.
+
+        The heatmap and overlay are at the original image's resolution; CAM always runs in PyTorch.
+        """
+        # pytorch-grad-cam takes seconds to import; prediction-only users (CLI, evaluation) never pay it.
+        from . import cam
+
+        # Validate the cheap arguments before any decoding or model work.
+        cam.get_cam_method(method)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        target_index = self.class_index(target) if target is not None else None
+        mode = tta or self.tta
+        rgb = load_rgb(image)
+        x, model_input = self._preprocess_rgb(rgb)
+        batch = x.unsqueeze(0)
+        prediction = self.predictions_from_logits(self.forward_views(batch, mode), tta=mode,
+                                                  model_inputs=[model_input])[0]
+        index = self.class_index(prediction.label) if target_index is None else target_index
+        target_label = self.label_names[index]
+        with self._lock:
+            maps = cam.compute_cam(self.loaded.model, batch, index, method=method, views=tta_views.get_views(mode))
+        heatmap = overlay.heatmap_to_original(maps[0].numpy(), rgb.size, self.preprocessing)
+        blended = overlay.overlay_heatmap(rgb, heatmap, alpha=alpha, box=overlay.input_box(rgb.size, self.preprocessing))
+        return Explanation(heatmap=heatmap, overlay=blended, target_label=target_label, method=method.lower(),
+                           prediction=prediction)
