@@ -1,0 +1,114 @@
+"""`python -m skinlesion.export onnx --model FOLDER`: write model.onnx next to the weights.
+
+The graph has a dynamic batch axis (TTA views and images share it). The file records the sha256
+of the model.safetensors it came from, so the Predictor refuses a stale model.onnx after retraining.
+It is verified against PyTorch with onnxruntime before it replaces any existing file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .constants import MODEL_WEIGHTS_FILE, ONNX_FILE
+from .modelfolder import ModelFolderError, load_model_folder
+from .predictor import ONNX_WEIGHTS_HASH_KEY, OnnxForward, file_sha256
+
+DEFAULT_OPSET = 18
+INPUT_NAME = "pixel_values"
+OUTPUT_NAME = "logits"
+# Largest batch the graph accepts; TTA 'full' (8 views) x a 256-image batch fits.
+MAX_BATCH = 4096
+
+
+class ExportError(RuntimeError):
+    """The ONNX export failed or its outputs do not match PyTorch."""
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    path: str
+    opset: int
+    max_abs_logit_diff: float
+    max_abs_prob_diff: float
+    same_top1: bool
+
+
+def export_onnx(folder: str | Path, *, opset: int = DEFAULT_OPSET, atol_probs: float = 1e-4,
+                seed: int = 0) -> ExportReport:
+    """Export the folder's model to `folder/model.onnx`, verified on a seeded random batch of 3."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFolderError(f"{folder}: not a local model folder (download a Hub model to a folder first)")
+    if opset < 17:
+        raise ValueError(f"opset {opset} is too old; use 17 or newer")
+    loaded = load_model_folder(folder, device="cpu")
+    model = loaded.model.eval()
+    size = loaded.preprocessing.input_size
+    # Batch 2, not 1: torch.export specialises size-1 dimensions, which would pin the batch axis.
+    example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    try:
+        program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT_NAME],
+                                    output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},),
+                                    opset_version=opset, external_data=False, verbose=False)
+    except Exception as err:  # the exporter raises many types; all mean the same to the user
+        raise ExportError(f"{folder}: torch.onnx.export failed for {loaded.architecture!r}: {err}") from err
+    program.model.metadata_props[ONNX_WEIGHTS_HASH_KEY] = file_sha256(folder / MODEL_WEIGHTS_FILE)
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".model.", suffix=".onnx")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        program.save(tmp, external_data=False)
+        report = verify_onnx(model, tmp, folder / MODEL_WEIGHTS_FILE, size=size, seed=seed + 1)
+        if not report.same_top1 or report.max_abs_prob_diff > atol_probs:
+            raise ExportError(f"{folder}: ONNX outputs differ from PyTorch (max prob diff "
+                              f"{report.max_abs_prob_diff:.2e}, same top-1: {report.same_top1}); not written")
+        os.replace(tmp, folder / ONNX_FILE)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ExportReport(path=str(folder / ONNX_FILE), opset=opset, max_abs_logit_diff=report.max_abs_logit_diff,
+                        max_abs_prob_diff=report.max_abs_prob_diff, same_top1=report.same_top1)
+
+
+def verify_onnx(model: torch.nn.Module, onnx_path: Path, weights_path: Path, *, size: int,
+                seed: int = 1) -> ExportReport:
+    """Compare onnxruntime with eager PyTorch on a seeded random batch of 3 (an odd, unseen batch size)."""
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        eager = model(x).float()
+    onnx_logits = OnnxForward(onnx_path, weights_path)(x)
+    return ExportReport(
+        path=str(onnx_path), opset=-1,
+        max_abs_logit_diff=float((onnx_logits - eager).abs().max()),
+        max_abs_prob_diff=float((onnx_logits.softmax(-1) - eager.softmax(-1)).abs().max()),
+        same_top1=bool(torch.equal(onnx_logits.argmax(-1), eager.argmax(-1))),
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m skinlesion.export", description=__doc__.split("\n")[0])
+    formats = parser.add_subparsers(dest="format", required=True)
+    onnx = formats.add_parser("onnx", help="write model.onnx into the model folder")
+    onnx.add_argument("--model", required=True, help="local model folder")
+    onnx.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (17 or newer)")
+    onnx.add_argument("--atol", type=float, default=1e-4, help="largest allowed probability difference")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    report = export_onnx(args.model, opset=args.opset, atol_probs=args.atol)
+    print(json.dumps(report.__dict__, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

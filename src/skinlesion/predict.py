@@ -1,0 +1,149 @@
+"""`python -m skinlesion.predict --model M --images DIR --out predictions.csv`: predict a folder.
+
+Images are found recursively, decoded in a small thread pool (PIL releases the GIL) and predicted in
+batches. An unreadable file stops the run with its name, unless `--skip-bad`: then it still gets a
+row, with its reason in the `error` column and empty prediction columns, so nothing vanishes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .imageio import ImageLoadError, is_image_file
+from .predictor import Prediction, Predictor
+from .tta import TTA_MODES
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    model: str
+    images: Path
+    out: Path
+    tta: str | None = None          # None: the model folder's own TTA mode
+    batch_size: int = 32
+    skip_bad: bool = False          # record unreadable files in the `error` column instead of stopping
+    workers: int = 2                # decoding threads
+    progress: bool = True
+    revision: str | None = None
+    use_onnx: bool | None = None    # None: model.onnx when present
+
+
+def find_images(root: Path) -> list[Path]:
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a folder of images")
+    return sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
+
+
+def csv_columns(label_names: Sequence[str]) -> list[str]:
+    return ["path", "label", "label_name", "confidence", "malignant_prob", "agreement", "uncertain",
+            "ood_score", "out_of_distribution", *[f"prob_{n}" for n in label_names], "error"]
+
+
+def prediction_row(path: str, pred: Prediction) -> dict:
+    row = {"path": path, "label": pred.label, "label_name": pred.label_name, "confidence": f"{pred.confidence:.6f}",
+           "malignant_prob": "" if pred.malignant_prob is None else f"{pred.malignant_prob:.6f}",
+           "agreement": f"{pred.agreement:.4f}", "uncertain": pred.uncertain, "ood_score": f"{pred.ood_score:.6f}",
+           "out_of_distribution": pred.out_of_distribution, "error": ""}
+    row.update({f"prob_{n}": f"{p:.6f}" for n, p in pred.probs.items()})
+    return row
+
+
+def _decode(predictor: Predictor, path: Path) -> torch.Tensor | ImageLoadError:
+    try:
+        return predictor.preprocess(path)[0]
+    except ImageLoadError as err:
+        return err  # returned, not raised: the caller decides (stop, or record with --skip-bad)
+
+
+def predict_rows(predictor: Predictor, paths: Sequence[Path], root: Path, cfg: PredictConfig) -> Iterator[dict]:
+    """One CSV row per path, in order; batches of `cfg.batch_size` decoded images per forward."""
+    with ThreadPoolExecutor(max_workers=max(1, cfg.workers)) as pool:
+        for start in range(0, len(paths), cfg.batch_size):
+            chunk = paths[start:start + cfg.batch_size]
+            decoded = list(pool.map(lambda p: _decode(predictor, p), chunk))
+            good = [i for i, d in enumerate(decoded) if isinstance(d, torch.Tensor)]
+            preds = predictor.predict_tensors(torch.stack([decoded[i] for i in good]), tta=cfg.tta) if good else []
+            by_index = dict(zip(good, preds, strict=True))
+            for i, path in enumerate(chunk):
+                rel = str(path.relative_to(root))
+                if i in by_index:
+                    yield prediction_row(rel, by_index[i])
+                elif cfg.skip_bad:
+                    yield {"path": rel, "error": str(decoded[i])}
+                else:
+                    raise decoded[i]
+
+
+def run(cfg: PredictConfig) -> dict:
+    """Write the CSV; returns counts. The CSV is written to a temporary name and renamed when complete."""
+    paths = find_images(cfg.images)
+    if not paths:
+        raise FileNotFoundError(f"{cfg.images}: no image files found")
+    predictor = Predictor.from_pretrained(cfg.model, revision=cfg.revision, tta=cfg.tta, use_onnx=cfg.use_onnx)
+    columns = csv_columns(predictor.label_names)
+    rows: Iterator[dict] = predict_rows(predictor, paths, cfg.images, cfg)
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        rows = tqdm(rows, total=len(paths), desc="predicting", unit="img")
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cfg.out.with_name(cfg.out.name + ".partial")
+    n_bad = 0
+    try:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, restval="")
+            writer.writeheader()
+            for row in rows:
+                n_bad += bool(row["error"])
+                writer.writerow(row)
+        tmp.replace(cfg.out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"images": len(paths), "predicted": len(paths) - n_bad, "unreadable": n_bad, "out": str(cfg.out),
+            "tta": predictor.tta, "backend": predictor.backend}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m skinlesion.predict", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="model folder or Hub id (owner/name)")
+    parser.add_argument("--revision", default=None, help="Hub revision (commit, tag or branch) to pin")
+    parser.add_argument("--images", required=True, type=Path, help="folder of images (searched recursively)")
+    parser.add_argument("--out", required=True, type=Path, help="CSV file to write")
+    parser.add_argument("--tta", choices=sorted(TTA_MODES), default=None, help="default: the model folder's mode")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2, help="image decoding threads")
+    parser.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=False,
+                        help="record unreadable files in the 'error' column instead of stopping")
+    parser.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
+                        help="force (--onnx) or forbid (--no-onnx) model.onnx; default: use it when present")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise SystemExit("--batch-size must be at least 1")
+    cfg = PredictConfig(model=args.model, images=args.images, out=args.out, tta=args.tta, batch_size=args.batch_size,
+                        skip_bad=args.skip_bad, workers=args.workers, progress=args.progress, revision=args.revision,
+                        use_onnx=args.onnx)
+    try:
+        summary = run(cfg)
+    except ImageLoadError as err:
+        print(f"error: {err}\n(re-run with --skip-bad to record unreadable files and continue)", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
