@@ -1,0 +1,155 @@
+"""Gradio app: upload a dermoscopic image, get calibrated class probabilities, a CAM and TTA agreement.
+
+    python app.py                                  # the shipped model in weights/
+    python app.py --model runs/x/model --model owner/repo@v1.0 --examples ~/derm_examples
+
+Layout, event wiring and flags only: what the callbacks do lives in `skinlesion.app_logic`.
+API (gradio_client): `/predict` (image only is enough) and `/compare` (several models' CAMs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
+
+import gradio as gr  # noqa: E402
+
+from skinlesion import app_logic as logic  # noqa: E402
+
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"
+MAX_UPLOAD = "50mb"
+CSS = """
+.disclaimer {border-left: 4px solid #d97706; padding-left: 0.8em;}
+#model-input img {width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated;}
+"""  # the model input is small (64-384 px): show it enlarged with its pixels visible
+
+
+def build_demo(registry: logic.ModelRegistry, examples_dir: str | Path | None = None, *,
+               concurrency_limit: int = 2, max_queue: int = 64) -> gr.Blocks:
+    """The whole page over `registry`; the queue allows `concurrency_limit` requests to run at once."""
+    examples = logic.example_images(examples_dir)
+    available = registry.available_names
+    default = registry.default_name
+    view = logic.model_changed(registry, default) if default else logic.ModelView(logic.target_choices([]), "")
+
+    with gr.Blocks(title="Skin lesion classifier (research demo)", analytics_enabled=False) as demo:
+        gr.Markdown("# Dermoscopic skin-lesion classifier\nCalibrated probabilities over the HAM10000 "
+                    "diagnoses, a class activation map of where the model looked, and how test-time "
+                    "augmentation views agreed.")
+        gr.Markdown(logic.DISCLAIMER, elem_classes="disclaimer")
+        with gr.Accordion("Models", open=not available or any(registry.error(n) for n in registry.names)):
+            gr.Markdown(registry.status_markdown(), elem_id="model-status")
+
+        with gr.Row():
+            with gr.Column(scale=2, min_width=300):
+                image = gr.Image(label="Dermoscopic image", sources=["upload", "clipboard", "webcam"],
+                                 type="filepath", height=320, elem_id="input-image")
+                model = gr.Dropdown(choices=available, value=default, label="Model", elem_id="model")
+                method = gr.Dropdown(choices=logic.cam_method_choices(), value="gradcam", label="CAM method")
+                target = gr.Dropdown(choices=view.target_choices, value=logic.PREDICTED, label="Class to explain",
+                                     allow_custom_value=True, elem_id="target")
+                tta = gr.Radio(choices=logic.tta_choices(), value=logic.MODEL_DEFAULT_TTA,
+                               label="Test-time augmentation")
+                alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity")
+                run = gr.Button("Analyze", variant="primary", elem_id="analyze")
+                if examples:
+                    gr.Examples(examples=[[str(p)] for p in examples], inputs=[image], label="Examples")
+
+            with gr.Column(scale=3):
+                with gr.Tabs():
+                    with gr.Tab("Result"):
+                        warnings = gr.Markdown(label="Warnings", elem_id="warnings")
+                        with gr.Row(equal_height=True):
+                            model_input = gr.Image(label="What the model sees", format="png", height=224,
+                                                   interactive=False, elem_id="model-input")
+                            label = gr.Label(num_top_classes=logic.TOP_K, label="Top classes (calibrated)",
+                                             elem_id="label")
+                        summary = gr.Markdown(label="Summary", elem_id="summary")
+                        with gr.Row(equal_height=True):
+                            heatmap = gr.Image(label="CAM heatmap", format="jpeg", height=300, interactive=False)
+                            overlay = gr.Image(label="Overlay on the original", format="jpeg", height=300,
+                                               interactive=False, elem_id="overlay")
+                        agreement = gr.Markdown(label="TTA agreement", elem_id="agreement")
+                        with gr.Accordion("Raw output (JSON)", open=False):
+                            details = gr.JSON(label="Prediction")
+                    with gr.Tab("Compare models"):
+                        models = gr.CheckboxGroup(choices=available, value=available[:logic.MAX_COMPARE_MODELS],
+                                                  label=f"Models (at most {logic.MAX_COMPARE_MODELS})")
+                        compare_button = gr.Button("Compare CAMs", elem_id="compare")
+                        gallery = gr.Gallery(label="Same image, each model's map", columns=3, format="jpeg",
+                                             height="auto", elem_id="gallery")
+                        comparison = gr.Markdown(label="Comparison table")
+                class_notes = gr.Markdown(view.class_notes)
+
+        def predict(image, model_name, method, target, tta, alpha):
+            a = logic.analyze(registry, image, model_name, method, target, tta, alpha)
+            return a.label, a.overlay, a.heatmap, a.model_input, a.summary, a.warnings, a.agreement, a.details
+
+        def compare(image, model_names, method, target, tta, alpha):
+            return logic.compare(registry, image, model_names, method, target, tta, alpha)
+
+        def model_change(model_name):
+            v = logic.model_changed(registry, model_name)
+            return gr.Dropdown(choices=v.target_choices, value=logic.PREDICTED), v.class_notes
+
+        controls = [method, target, tta, alpha]
+        # preprocess=False: the upload reaches app_logic undecoded, so a broken file gets our message
+        # (gr.Image's own decoder would fail first with a generic one).
+        run.click(predict, [image, model, *controls],
+                  [label, overlay, heatmap, model_input, summary, warnings, agreement, details],
+                  api_name="predict", preprocess=False)
+        compare_button.click(compare, [image, models, *controls], [gallery, comparison],
+                             api_name="compare", preprocess=False)
+        model.change(model_change, [model], [target, class_notes], api_visibility="private")
+
+    demo.queue(default_concurrency_limit=concurrency_limit, max_size=max_queue)
+    return demo
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    models = parser.add_argument_group("models")
+    models.add_argument("--model", action="append", default=[], metavar="PATH_OR_ID",
+                        help="model folder or Hub id (OWNER/NAME@REVISION pins a revision); repeatable. "
+                             f"Also read from ${logic.MODEL_ID_ENV} (comma-separated)")
+    models.add_argument("--default-model", action=argparse.BooleanOptionalAction, default=True,
+                        help=f"also serve the shipped model in {SHIPPED_WEIGHTS.name}/ when it holds one")
+    models.add_argument("--examples", type=Path, default=None, metavar="DIR",
+                        help=f"folder of example images (else ${logic.EXAMPLES_DATASET_ENV}, a Hub dataset id; "
+                             "without either the examples panel is hidden)")
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default=None, help="default: $GRADIO_SERVER_NAME or 127.0.0.1")
+    server.add_argument("--port", type=int, default=None, help="default: $GRADIO_SERVER_PORT or 7860")
+    server.add_argument("--share", action=argparse.BooleanOptionalAction, default=False,
+                        help="public gradio.live link")
+    server.add_argument("--concurrency", type=int, default=2, help="requests processed at once (CPU: 1-2)")
+    server.add_argument("--max-queue", type=int, default=64, help="requests waiting before new ones are refused")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    sources = logic.model_sources(args.model, os.environ.get(logic.MODEL_ID_ENV),
+                                  SHIPPED_WEIGHTS if args.default_model else None)
+    registry = logic.ModelRegistry(sources.specs, notes=sources.notes)
+    registry.load_all()
+    examples_dir = args.examples
+    dataset = os.environ.get(logic.EXAMPLES_DATASET_ENV)
+    if examples_dir is None and dataset:
+        try:
+            examples_dir = logic.examples_from_hub(dataset)
+        except Exception as err:  # noqa: BLE001 - the app starts without examples and says why on the page
+            logging.getLogger(__name__).exception("examples dataset %s unavailable", dataset)
+            registry.notes.append(f"Examples dataset `{dataset}` unavailable: {err}")
+    demo = build_demo(registry, examples_dir, concurrency_limit=args.concurrency, max_queue=args.max_queue)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD,
+                theme=gr.themes.Soft(), css=CSS)
+
+
+if __name__ == "__main__":
+    main()

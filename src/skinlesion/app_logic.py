@@ -1,0 +1,552 @@
+"""What the Gradio app's callbacks do, as plain functions testable without a server or a browser.
+
+`app.py` holds only the layout and the event wiring; every callback calls `analyze`, `compare` or
+`model_changed` here. The pieces:
+- `ModelSpec` / `model_specs`: which models to serve (shipped `weights/`, `--model`, `MODEL_ID`),
+  with `ID@REV` pinning a Hub revision.
+- `ModelRegistry`: each model loaded once per process and shared by all requests; a model that
+  failed to load (offline Hub, bad id, broken folder) is reported on the page, never retried per request.
+- formatting: a `Prediction` / `Explanation` turned into `gr.Label` data and markdown.
+- errors a user can act on (a bad upload, an unknown class) raised as `gr.Error` with a message.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+from PIL import Image
+
+from .hub import HubUnavailableError, looks_like_hub_id
+from .imageio import ImageLoadError, is_image_file, load_rgb
+from .taxonomy import describe_label
+
+if TYPE_CHECKING:
+    from .predictor import Explanation, Prediction, Predictor
+
+logger = logging.getLogger(__name__)
+
+PREDICTED = "predicted"          # class-to-explain choice meaning "the predicted class"
+MODEL_DEFAULT_TTA = "default"    # TTA choice meaning "the model folder's own mode" (its calibration was fitted with it)
+TOP_K = 3                        # classes shown in the gr.Label
+MIN_IMAGE_SIDE = 32              # smaller uploads are thumbnails or mistakes, not dermoscopic photos
+DISPLAY_MAX_SIDE = 1024          # overlays/heatmaps are shown (and returned by the API) at most this big
+MAX_COMPARE_MODELS = 4           # one comparison request runs at most this many CAMs (CPU budget)
+MAX_EXAMPLES = 24
+# ScoreCAM runs one forward pass per activation channel: minutes per request on a CPU Space.
+SLOW_CAM_METHODS = frozenset({"scorecam"})
+MODEL_ID_ENV = "MODEL_ID"                 # comma-separated model folders / Hub ids (Spaces variables)
+EXAMPLES_DATASET_ENV = "EXAMPLES_DATASET"  # Hub dataset id[@rev] whose images become the examples
+
+DISCLAIMER = (
+    "**Research demo, not a diagnosis.** This model was trained on public dermoscopy images and can be "
+    "confidently wrong. It must never be used to diagnose, treat or triage anyone: if a skin lesion "
+    "worries you, see a doctor or dermatologist."
+)
+
+
+class ModelUnavailableError(RuntimeError):
+    """The requested model is not configured or failed to load (the message says why)."""
+
+
+# -- which models -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelSpec:
+    source: str                 # local folder or Hub id
+    revision: str | None = None  # Hub revision (branch, tag or commit); None for local folders
+    name: str = ""              # what the model dropdown shows; unique within a registry
+
+    @property
+    def display(self) -> str:
+        return self.name or self.source
+
+
+def parse_model_spec(text: str) -> ModelSpec:
+    """'owner/name@rev' -> Hub id pinned to rev; a path (even one containing '@') stays as is."""
+    text = text.strip()
+    if not text:
+        raise ValueError("empty model name")
+    source, revision = text, None
+    if "@" in text and not Path(text).exists():
+        head, _, rev = text.rpartition("@")
+        if head and rev:
+            source, revision = head, rev
+    return ModelSpec(source=source, revision=revision)
+
+
+def _base_name(spec: ModelSpec) -> str:
+    if looks_like_hub_id(spec.source):
+        name = spec.source.removeprefix("hf-hub:")
+    else:
+        path = Path(spec.source)
+        name = path.resolve().name or str(path)
+    return f"{name}@{spec.revision}" if spec.revision else name
+
+
+def name_specs(specs: Sequence[ModelSpec]) -> list[ModelSpec]:
+    """Give each spec a unique display name (folder name or Hub id; '(2)' on a clash); drop exact repeats."""
+    seen_sources: set[tuple[str, str | None]] = set()
+    taken: set[str] = set()
+    named = []
+    for spec in specs:
+        key = (str(Path(spec.source).resolve()) if Path(spec.source).exists() else spec.source, spec.revision)
+        if key in seen_sources:
+            continue
+        seen_sources.add(key)
+        base = spec.name or _base_name(spec)
+        name, n = base, 2
+        while name in taken:
+            name, n = f"{base} ({n})", n + 1
+        taken.add(name)
+        named.append(ModelSpec(spec.source, spec.revision, name))
+    return named
+
+
+@dataclass(frozen=True)
+class ModelSources:
+    specs: list[ModelSpec]
+    notes: list[str]  # what the page should say about sources that were skipped (e.g. empty weights/)
+
+
+def model_sources(cli_models: Sequence[str] = (), env_value: str | None = None,
+                  default_folder: Path | None = None) -> ModelSources:
+    """The shipped folder (when it holds a model), then `--model` entries, then `MODEL_ID` entries."""
+    specs: list[ModelSpec] = []
+    notes: list[str] = []
+    if default_folder is not None:
+        if (default_folder / "config.json").is_file():
+            specs.append(ModelSpec(str(default_folder), None, "shipped model"))
+        else:
+            notes.append(f"No shipped model yet: `{default_folder.name}/` holds no model folder "
+                         "(no config.json). Add one with `--model PATH_OR_HUB_ID` or the MODEL_ID variable.")
+    specs += [parse_model_spec(m) for m in cli_models]
+    specs += [parse_model_spec(m) for m in (env_value or "").split(",") if m.strip()]
+    return ModelSources(name_specs(specs), notes)
+
+
+# -- the registry -----------------------------------------------------------------------------------
+def load_predictor(spec: ModelSpec) -> Predictor:
+    from .predictor import Predictor
+
+    return Predictor.from_pretrained(spec.source, revision=spec.revision)
+
+
+@dataclass
+class _Entry:
+    spec: ModelSpec
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    predictor: Predictor | None = None
+    error: str | None = None
+    load_seconds: float | None = None
+
+
+class ModelRegistry:
+    """Models by display name, each loaded at most once per process and shared by every request.
+
+    Thread-safe: concurrent first requests for one model wait on its lock and get the same object.
+    A failed load is remembered with its message (shown on the page and raised as `ModelUnavailableError`).
+    """
+
+    def __init__(self, specs: Sequence[ModelSpec], *, notes: Sequence[str] = (),
+                 loader: Callable[[ModelSpec], Predictor] = load_predictor):
+        self._entries = {spec.display: _Entry(spec) for spec in name_specs(specs)}
+        self.notes = list(notes)
+        self._loader = loader
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def get(self, name: str | None) -> Predictor:
+        if not self._entries:
+            raise ModelUnavailableError("No model is available in this app. " + " ".join(self.notes))
+        entry = self._entries.get(name or "")
+        if entry is None:
+            raise ModelUnavailableError(f"Unknown model {name!r}; this app serves {self.names}")
+        with entry.lock:
+            if entry.predictor is None and entry.error is None:
+                start = time.perf_counter()
+                try:
+                    entry.predictor = self._loader(entry.spec)
+                except Exception as err:  # noqa: BLE001 - any load failure is shown on the page and logged
+                    entry.error = _load_error_message(err)
+                entry.load_seconds = time.perf_counter() - start
+        if entry.predictor is None:
+            raise ModelUnavailableError(f"Model {entry.spec.display!r} is unavailable: {entry.error}")
+        return entry.predictor
+
+    def load_all(self, *, warm_cam: bool = True) -> None:
+        """Load every model now (at start-up), so the page can say which ones work."""
+        for name in self._entries:
+            with contextlib.suppress(ModelUnavailableError):  # recorded in the entry, shown by status_markdown
+                self.get(name)
+        if warm_cam and self.available_names:
+            # pytorch-grad-cam takes seconds to import: pay it at start, not on the first request.
+            from . import cam  # noqa: F401
+
+    def is_loaded(self, name: str) -> bool:
+        entry = self._entries.get(name)
+        return entry is not None and entry.predictor is not None
+
+    def error(self, name: str) -> str | None:
+        entry = self._entries.get(name)
+        return None if entry is None else entry.error
+
+    @property
+    def available_names(self) -> list[str]:
+        """Models loaded, or not tried yet (lazy); excludes the ones that failed."""
+        return [name for name, entry in self._entries.items() if entry.error is None]
+
+    @property
+    def default_name(self) -> str | None:
+        available = self.available_names
+        return available[0] if available else None
+
+    def status_markdown(self) -> str:
+        lines = []
+        if not self.available_names:
+            lines.append("### ⚠ No model is available\nPredictions are disabled until a model loads. "
+                         "Start the app with `--model PATH_OR_HUB_ID` (or set MODEL_ID).")
+        for name, entry in self._entries.items():
+            source = f"`{entry.spec.source}`" + (f" @ `{entry.spec.revision}`" if entry.spec.revision else "")
+            if entry.predictor is not None:
+                p = entry.predictor
+                lines.append(f"- ✓ **{name}** — {source}: {p.loaded.architecture}, {len(p.label_names)} classes, "
+                             f"{p.preprocessing.input_size} px, TTA `{p.tta}`, "
+                             f"temperature {p.loaded.temperature:.2f}{_ood_note(p)}")
+            elif entry.error is not None:
+                lines.append(f"- ✗ **{name}** — {source}: not available. {entry.error}")
+            else:
+                lines.append(f"- **{name}** — {source}: loads on first use")
+        lines += [f"- {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def _ood_note(p: Predictor) -> str:
+    return "" if (p.loaded.extras.get("ood") or {}).get("threshold") is not None else \
+        " (no out-of-distribution threshold: that check is off)"
+
+
+def _load_error_message(err: Exception) -> str:
+    """The message the page shows; the expected failures are logged without a traceback."""
+    from .modelfolder import ModelFolderError
+
+    if isinstance(err, (HubUnavailableError, ModelFolderError)):
+        logger.warning("model unavailable: %s", err)
+        return str(err)
+    logger.error("model failed to load", exc_info=err)
+    return f"{type(err).__name__}: {err}"
+
+
+# -- inputs -----------------------------------------------------------------------------------------
+def _upload_path_and_name(image: Any) -> tuple[Any, str]:
+    """gr.Image payload (preprocess=False: a dict with path/url/orig_name), path, PIL or array -> (source, name)."""
+    if isinstance(image, dict):
+        path, url = image.get("path"), image.get("url") or ""
+        name = image.get("orig_name") or "the uploaded image"
+        if path:
+            return path, name
+        if url.startswith("data:"):
+            try:
+                return base64.b64decode(url.split(",", 1)[1], validate=False), name
+            except (ValueError, IndexError) as err:
+                raise gr.Error(f"Could not read the image: {name} is not valid base64 data") from err
+        raise gr.Error("The upload carried no file. Try uploading the image again.")
+    if isinstance(image, (str, os.PathLike)):
+        return image, Path(image).name
+    return image, "the image"
+
+
+def decode_upload(image: Any) -> Image.Image:
+    """Whatever the image component sends -> RGB PIL image, or a gr.Error saying what is wrong with it."""
+    if image is None:
+        raise gr.Error("Upload a dermoscopic image first (file, clipboard or webcam).", title="No image")
+    source, name = _upload_path_and_name(image)
+    try:
+        rgb = load_rgb(source)
+    except ImageLoadError as err:
+        # The message starts with the server-side temp path: show the user's own file name instead.
+        message = str(err).replace(str(source), name) if isinstance(source, (str, os.PathLike)) else str(err)
+        raise gr.Error(f"Could not read the image: {message}", title="Unreadable image") from err
+    w, h = rgb.size
+    if min(w, h) < MIN_IMAGE_SIDE:
+        raise gr.Error(f"The image is only {w}x{h} pixels; it needs at least {MIN_IMAGE_SIDE} pixels on each "
+                       "side. Upload the dermoscopic photo itself, not a thumbnail.", title="Image too small")
+    return rgb
+
+
+def cam_method_choices() -> list[str]:
+    from .cam import CAM_METHODS
+
+    return [name for name in CAM_METHODS if name not in SLOW_CAM_METHODS]
+
+
+def tta_choices() -> list[tuple[str, str]]:
+    from .tta import TTA_MODES
+
+    return [("model default", MODEL_DEFAULT_TTA)] + [(mode, mode) for mode in TTA_MODES]
+
+
+def target_choices(label_names: Sequence[str]) -> list[tuple[str, str]]:
+    """Class-to-explain dropdown: 'predicted' first, then each of the model's labels with its full name."""
+    return [("predicted class", PREDICTED)] + [(f"{describe_label(c).name} ({c})", c) for c in label_names]
+
+
+def _check_method(method: str | None) -> str:
+    method = (method or "gradcam").strip().lower()
+    if method not in cam_method_choices():
+        raise gr.Error(f"Unknown CAM method {method!r}; choose one of {cam_method_choices()}")
+    return method
+
+
+def _check_tta(tta: str | None) -> str | None:
+    from .tta import TTA_MODES
+
+    if tta in (None, "", MODEL_DEFAULT_TTA):
+        return None
+    if tta not in TTA_MODES:
+        raise gr.Error(f"Unknown TTA mode {tta!r}; choose one of {[MODEL_DEFAULT_TTA, *TTA_MODES]}")
+    return tta
+
+
+def _check_alpha(alpha: float | None) -> float:
+    alpha = 0.5 if alpha is None else float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise gr.Error(f"Overlay opacity must be between 0 and 1, got {alpha}")
+    return alpha
+
+
+def _check_target(target: str | None, label_names: Sequence[str]) -> str | None:
+    if target in (None, "", PREDICTED):
+        return None
+    if target not in label_names:
+        raise gr.Error(f"This model has no class {target!r}; its classes are {list(label_names)}")
+    return target
+
+
+def _get_model(registry: ModelRegistry, name: str | None) -> Predictor:
+    try:
+        return registry.get(name or registry.default_name)
+    except ModelUnavailableError as err:
+        raise gr.Error(str(err), title="Model unavailable") from err
+
+
+@contextlib.contextmanager
+def _explain_errors() -> Iterator[None]:
+    from .cam import UnsupportedModelError
+
+    try:
+        yield
+    except ImageLoadError as err:
+        raise gr.Error(f"Could not read the image: {err}", title="Unreadable image") from err
+    except UnsupportedModelError as err:
+        raise gr.Error(f"This model cannot be explained with a CAM: {err}") from err
+
+
+# -- formatting -------------------------------------------------------------------------------------
+def label_key(code: str) -> str:
+    name = describe_label(code).name
+    return f"{name} ({code})" if name.lower() != code.lower() else code
+
+
+def label_data(prediction: Prediction) -> dict[str, float]:
+    """Every class's calibrated probability, keyed by 'Full name (code)' (gr.Label shows the top TOP_K)."""
+    return {label_key(code): float(p) for code, p in prediction.probs.items()}
+
+
+def _pct(p: float) -> str:
+    return f"{100 * p:.1f}%"
+
+
+def summary_markdown(prediction: Prediction, *, model_name: str, target_label: str, method: str) -> str:
+    cls = describe_label(prediction.label)
+    lines = [f"### {cls.name} (`{prediction.label}`) — {_pct(prediction.confidence)}",
+             f"Calibrated confidence of the predicted class: **{_pct(prediction.confidence)}**  "]
+    if prediction.malignant_prob is not None:
+        lines.append(f"Probability of malignancy (melanoma + basal cell carcinoma + actinic keratosis/IEC): "
+                     f"**{_pct(prediction.malignant_prob)}**  ")
+    else:
+        lines.append("Probability of malignancy: this model has no malignant class.  ")
+    if cls.description:
+        lines.append(f"\n*{cls.name}:* {cls.description}")
+    lines.append(f"\nModel `{model_name}`, TTA `{prediction.tta}`; the map explains "
+                 f"**{label_key(target_label)}** ({method}).")
+    return "\n".join(lines)
+
+
+def warnings_markdown(prediction: Prediction) -> str:
+    """Empty when nothing is wrong; otherwise one line per warning."""
+    warnings = []
+    if prediction.out_of_distribution:
+        warnings.append("⚠ **This image does not look like the dermoscopic images the model was trained on** "
+                        f"(energy score {prediction.ood_score:.2f}). Its output is probably meaningless.")
+    if prediction.uncertain:
+        warnings.append(f"⚠ **Uncertain prediction**: confidence {_pct(prediction.confidence)}, "
+                        f"{_pct(prediction.agreement)} of the TTA views agree. Treat the ranking as a guess.")
+    return "\n\n".join(warnings)
+
+
+def agreement_markdown(prediction: Prediction) -> str:
+    from .tta import get_views
+
+    views = get_views(prediction.tta)
+    agree = sum(label == prediction.label for label in prediction.view_labels)
+    rows = [f"**TTA agreement: {agree}/{len(views)} views** ({_pct(prediction.agreement)}) predict "
+            f"`{prediction.label}`.", "", "| view | its own top class |", "|---|---|"]
+    rows += [f"| {view.name} | {'✓' if label == prediction.label else '✗'} {label_key(label)} |"
+             for view, label in zip(views, prediction.view_labels, strict=True)]
+    return "\n".join(rows)
+
+
+def class_notes_markdown(label_names: Sequence[str]) -> str:
+    """Plain-language note on every class the model knows."""
+    lines = ["**What the classes mean**", ""]
+    for code in label_names:
+        cls = describe_label(code)
+        kind = "malignant" if cls.malignant else "benign"
+        desc = f" {cls.description}" if cls.description else ""
+        lines.append(f"- **{cls.name}** (`{code}`, {kind}).{desc}")
+    return "\n".join(lines)
+
+
+def _heatmap_image(heatmap) -> Image.Image:
+    from .overlay import colorize
+
+    return Image.fromarray(colorize(heatmap))
+
+
+def display_size(image: Image.Image, max_side: int = DISPLAY_MAX_SIDE) -> Image.Image:
+    """Downscale (never upscale) so the longer side is at most `max_side`: cheap to encode and send."""
+    scale = max_side / max(image.size)
+    if scale >= 1:
+        return image
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                        Image.Resampling.BILINEAR)
+
+
+# -- the callbacks ----------------------------------------------------------------------------------
+@dataclass
+class Analysis:
+    """Everything the result panel shows for one image and one model."""
+
+    model_name: str
+    explanation: Explanation
+    label: dict[str, float]     # gr.Label value
+    overlay: Image.Image        # display-sized
+    heatmap: Image.Image        # colourised, display-sized
+    model_input: Image.Image
+    summary: str
+    warnings: str
+    agreement: str
+    details: dict[str, Any]     # JSON: prediction.to_dict() + what was explained
+
+    @property
+    def prediction(self) -> Prediction:
+        return self.explanation.prediction
+
+
+def analyze(registry: ModelRegistry, image: Any, model_name: str | None = None, method: str = "gradcam",
+            target: str | None = PREDICTED, tta: str | None = MODEL_DEFAULT_TTA, alpha: float = 0.5) -> Analysis:
+    """One upload -> prediction + CAM with one model. Every user-fixable problem raises gr.Error."""
+    method, tta_mode, alpha = _check_method(method), _check_tta(tta), _check_alpha(alpha)
+    predictor = _get_model(registry, model_name)
+    name = model_name or registry.default_name or ""
+    target_label = _check_target(target, predictor.label_names)
+    rgb = decode_upload(image)
+    with _explain_errors():
+        exp = predictor.explain(rgb, method=method, target=target_label, tta=tta_mode, alpha=alpha)
+    pred = exp.prediction
+    details = {"model": name, "method": exp.method, "target_label": exp.target_label, **pred.to_dict()}
+    return Analysis(
+        model_name=name, explanation=exp, label=label_data(pred),
+        overlay=display_size(exp.overlay), heatmap=display_size(_heatmap_image(exp.heatmap)),
+        model_input=pred.model_input,
+        summary=summary_markdown(pred, model_name=name, target_label=exp.target_label, method=exp.method),
+        warnings=warnings_markdown(pred), agreement=agreement_markdown(pred), details=details)
+
+
+def compare(registry: ModelRegistry, image: Any, model_names: Sequence[str] | None = None, method: str = "gradcam",
+            target: str | None = PREDICTED, tta: str | None = MODEL_DEFAULT_TTA,
+            alpha: float = 0.5) -> tuple[list[tuple[Image.Image, str]], str]:
+    """The same image through several models' CAMs -> (gallery items, markdown table).
+
+    `target` is explained by every model that has that class; the others explain their prediction.
+    """
+    method, tta_mode, alpha = _check_method(method), _check_tta(tta), _check_alpha(alpha)
+    names = list(model_names) if model_names else registry.available_names[:MAX_COMPARE_MODELS]
+    if not names:
+        raise gr.Error("Pick at least one model to compare." if registry.available_names
+                       else "No model is available in this app.")
+    if len(names) > MAX_COMPARE_MODELS:
+        raise gr.Error(f"Compare at most {MAX_COMPARE_MODELS} models at once (got {len(names)}).")
+    predictors = [(name, _get_model(registry, name)) for name in names]
+    rgb = decode_upload(image)
+    gallery: list[tuple[Image.Image, str]] = [(display_size(rgb), "input")]
+    rows = ["| model | prediction | confidence | P(malignant) | TTA agreement | map explains |", "|---|---|---|---|---|---|"]
+    for name, predictor in predictors:
+        wanted = target if target not in (None, "", PREDICTED) and target in predictor.label_names else None
+        with _explain_errors():
+            exp = predictor.explain(rgb, method=method, target=wanted, tta=tta_mode, alpha=alpha)
+        pred = exp.prediction
+        gallery.append((display_size(exp.overlay), f"{name}: {pred.label} {_pct(pred.confidence)} "
+                                                   f"(map: {exp.target_label})"))
+        malignant = "—" if pred.malignant_prob is None else _pct(pred.malignant_prob)
+        flags = (" ⚠ uncertain" if pred.uncertain else "") + (" ⚠ not dermoscopic?" if pred.out_of_distribution else "")
+        rows.append(f"| {name} | {label_key(pred.label)}{flags} | {_pct(pred.confidence)} | {malignant} | "
+                    f"{_pct(pred.agreement)} | {label_key(exp.target_label)} |")
+    return gallery, "\n".join(rows)
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """What changes on the page when the model dropdown changes."""
+
+    target_choices: list[tuple[str, str]]
+    class_notes: str
+
+
+def model_changed(registry: ModelRegistry, model_name: str | None) -> ModelView:
+    """Class dropdown choices and class notes follow the selected model's labels."""
+    if not model_name and registry.default_name is None:
+        return ModelView(target_choices([]), "")
+    predictor = _get_model(registry, model_name)
+    return ModelView(target_choices(predictor.label_names), class_notes_markdown(predictor.label_names))
+
+
+# -- examples ---------------------------------------------------------------------------------------
+def example_images(folder: str | Path | None, limit: int = MAX_EXAMPLES) -> list[Path]:
+    """Image files directly or recursively under `folder`, sorted, at most `limit`; [] without a folder."""
+    if folder is None:
+        return []
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"examples folder {folder} does not exist")
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))[:limit]
+
+
+def examples_from_hub(dataset: str) -> Path:
+    """Download (or take from cache) a Hub dataset's images; `owner/name@rev` pins a revision."""
+    from huggingface_hub import snapshot_download
+
+    from .hub import hub_offline_mode, require_hub
+
+    spec = parse_model_spec(dataset)
+    patterns = ["*.jpg", "*.jpeg", "*.png", "**/*.jpg", "**/*.jpeg", "**/*.png"]
+    try:
+        return Path(snapshot_download(spec.source, repo_type="dataset", revision=spec.revision,
+                                      allow_patterns=patterns, local_files_only=True))
+    except Exception:  # noqa: BLE001 - a cache miss: go online below
+        pass
+    if hub_offline_mode():
+        raise HubUnavailableError(f"examples dataset {spec.source!r} is not cached and HF_HUB_OFFLINE=1 is set")
+    require_hub(f"examples dataset {spec.source!r}")
+    return Path(snapshot_download(spec.source, repo_type="dataset", revision=spec.revision, allow_patterns=patterns))
