@@ -116,6 +116,23 @@ def test_score_keys_and_intervals_from_view_logits():
     assert sum(report["reliability"]["after"]["count"]) == 30
 
 
+def test_evaluation_path_gives_the_predictor_probabilities(tmp_path, tiny_model_folder):
+    """Dataset + forward_views in evaluation == Predictor.predict on the same file (no second preprocessing)."""
+    from skinlesion.predictor import Predictor
+
+    root = tmp_path / "d"
+    (root / "mel").mkdir(parents=True)
+    for i in range(2):  # larger than the training cache's 256 px short side
+        synthetic_lesion(i, size=(400, 300), label=1).save(root / "mel" / f"m{i}.png")
+    table = load_table(root)
+    predictor = Predictor.from_pretrained(tiny_model_folder, device="cpu", use_onnx=False)
+    got = evaluation.collect_view_logits(predictor, table, "flips", batch_size=2, workers=0, progress=False)
+    assert got.logits.shape == (4, 2, 3)
+    probs = calibration.calibrated_probs(got.logits, predictor.loaded.temperature)
+    expected = [predictor.predict(p, tta="flips").probs for p in table.frame["path"]]
+    np.testing.assert_allclose(probs.numpy(), [[e[c] for c in predictor.label_names] for e in expected], rtol=0, atol=2e-7)
+
+
 def test_evaluate_cli_writes_every_file_and_key(tmp_path, tiny_model_folder, capsys):
     masks = tmp_path / "masks"
     masks.mkdir()

@@ -5,7 +5,8 @@ images (a split of HAM10000 through the split manifest, or the whole of any othe
 through the Predictor's preprocessing and `forward_views` (the one place logits are computed) to get
 (V, N, K) view logits; optionally fits the temperature and OOD threshold on the validation split and
 writes them into the model folder; scores; draws; and scores saliency maps. With several models
-or `compare_tta`, one comparison table is added. Only this function writes files.
+or `compare_tta`, one comparison table is added. Files are written only by `run` and the
+`evaluate_one` / `save_calibration` steps it calls; the data, scoring and fitting functions are pure.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .taxonomy import ALIASES
 from .transforms import eval_transform
 
 OOD_QUANTILE = 0.01
+NO_DOWNSCALE = 1 << 30  # a short-side cap no image reaches
 EVAL_SPLITS = ("test", "val", "all")
 
 # How each layout's own ground truth becomes HAM10000 codes (before any --label-map).
@@ -149,7 +151,10 @@ def collect_view_logits(predictor, table: LesionTable, mode: str, *, batch_size:
                         progress: bool) -> ViewLogits:
     """Stream the table through the Predictor's eval transform and `forward_views` -> (V, N, K) logits."""
     check_labels(sorted(set(table.frame["label"])), list(predictor.label_names), {})
-    dataset = LesionDataset(table, predictor.label_names, eval_transform(predictor.preprocessing), images=None)
+    # short_side=NO_DOWNSCALE: the dataset's decode-time downscale (a training-cache economy) is switched
+    # off, so every image reaches eval_transform exactly as load_rgb decodes it for Predictor.predict.
+    dataset = LesionDataset(table, predictor.label_names, eval_transform(predictor.preprocessing), images=None,
+                            short_side=NO_DOWNSCALE)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         persistent_workers=False)
     device = next(predictor.loaded.model.parameters()).device
