@@ -133,3 +133,16 @@ def test_roc_curves_include_present_classes_and_malignant():
     assert set(curves) == {"bkl", "mel", "nv", "malignant"}
     assert curves["mel"]["auc"] == pytest.approx(0.875)
     assert curves["bkl"]["fpr"][0] == 0.0 and curves["bkl"]["tpr"][-1] == 1.0
+
+
+def test_rank_aucs_equal_sklearn_including_ties_and_undefined_columns():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    scores = np.round(rng.random((60, 3)), 1)  # coarse values: many ties
+    pos = rng.random((60, 3)) < 0.3
+    pos[:, 2] = False                          # no positives: undefined
+    got = metrics.rank_aucs(pos, scores)
+    for c in range(2):
+        assert got[c] == pytest.approx(roc_auc_score(pos[:, c], scores[:, c]))
+    assert np.isnan(got[2])

@@ -231,10 +231,31 @@ def bootstrap_intervals(targets: np.ndarray, probs: np.ndarray, label_names: Seq
     return out
 
 
+def rank_aucs(is_positive: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Column-wise ROC AUC by the Mann-Whitney rank sum (ties count half): (N, C) bools + scores -> (C,).
+
+    Equal to sklearn's roc_auc_score, about a hundred times faster on small inputs, which is what a
+    thousand bootstrap resamples need. Undefined columns (no positive or no negative) are NaN.
+    """
+    from scipy.stats import rankdata
+
+    is_positive = np.asarray(is_positive, dtype=bool)
+    ranks = rankdata(np.asarray(scores, dtype=np.float64), axis=0)       # average ranks for ties
+    n_pos = is_positive.sum(axis=0)
+    n_neg = is_positive.shape[0] - n_pos
+    u = (ranks * is_positive).sum(axis=0) - n_pos * (n_pos + 1) / 2.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
+
+
 def _resample_metric(name: str, targets: np.ndarray, probs: np.ndarray, label_names: Sequence[str],
                      present: np.ndarray) -> float | None:
     if name == "malignant_auc":
-        return malignant_auc(targets, probs, label_names)
+        idx = malignant_indices(list(label_names))
+        if not idx:
+            return None
+        auc = rank_aucs(np.isin(targets, idx)[:, None], probs[:, idx].sum(axis=1, keepdims=True))[0]
+        return None if np.isnan(auc) else float(auc)
     # Restrict to the classes of the full set, not of the resample.
     remap = np.full(probs.shape[1], -1, dtype=np.int64)
     remap[present] = np.arange(present.size)
@@ -246,5 +267,8 @@ def _resample_metric(name: str, targets: np.ndarray, probs: np.ndarray, label_na
         recalls = [(preds[sub_t == c] == c).mean() for c in range(present.size) if (sub_t == c).any()]
         return float(np.mean(recalls)) if len(recalls) == present.size else None
     if name == "auc_ovr_macro":
-        return macro_auc(sub_t, raw)
+        if present.size < 2:
+            return None
+        aucs = rank_aucs(sub_t[:, None] == np.arange(present.size)[None, :], raw)
+        return None if np.isnan(aucs).any() else float(aucs.mean())
     raise KeyError(name)
