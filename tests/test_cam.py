@@ -113,7 +113,10 @@ def test_runs_under_inference_mode():
     reference = cam.compute_cam(model, x, 1)
     with torch.inference_mode():
         inside = cam.compute_cam(model, x, 1)
+        x_inference = x.clone()  # an inference tensor, as evaluation code may hand over
+        from_inference_tensor = cam.compute_cam(model, x_inference, 1)
     torch.testing.assert_close(inside, reference)
+    torch.testing.assert_close(from_inference_tensor, reference)
     assert float(inside.std()) > 0
 
 

@@ -167,11 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", default="gradcam", choices=sorted(cam.CAM_METHODS))
     parser.add_argument("--folder-images", type=int, default=32, help="0 skips the folder benchmark")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice); 1 is steadier on a busy machine")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     report = run(args.model, args.repeats, tta=args.tta, method=args.method, folder_images=args.folder_images,
                  batch_size=args.batch_size)
     print(json.dumps(report, indent=2))
