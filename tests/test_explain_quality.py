@@ -82,6 +82,16 @@ def test_masks_are_matched_by_stem_with_any_suffix(tmp_path):
         eq.index_masks(tmp_path / "nope")
 
 
+def test_ph2_case_folder_gives_the_lesion_mask_not_the_image_or_roi(tmp_path):
+    case = tmp_path / "IMD002"
+    for sub, name in (("IMD002_Dermoscopic_Image", "IMD002.bmp"), ("IMD002_lesion", "IMD002_lesion.bmp"),
+                      ("IMD002_roi", "IMD002_R1_Region.bmp")):
+        (case / sub).mkdir(parents=True)
+        Image.new("L", (4, 4), 255).save(case / sub / name)
+    masks = eq.index_masks(tmp_path)
+    assert eq.find_mask(case / "IMD002_Dermoscopic_Image" / "IMD002.bmp", masks).name == "IMD002_lesion.bmp"
+
+
 def test_mask_in_model_frame_follows_resize_and_crop():
     from skinlesion.transforms import Preprocessing, eval_geometry
 
@@ -110,8 +120,9 @@ def _synthetic_folder(root, n_per_class=2, masks_dir=None):
         for i in range(n_per_class):
             img = synthetic_lesion(10 * c + i, size=(96, 72), label=c)
             img.save(root / label / f"img_{label}_{i}.png")
-            if masks_dir is not None:
-                Image.fromarray(lesion_mask(img).astype(np.uint8) * 255).save(masks_dir / f"img_{label}_{i}_lesion.png")
+            if masks_dir is not None:  # masks at twice the image size, as for a downscaled copy of a set
+                mask = Image.fromarray(lesion_mask(img).astype(np.uint8) * 255).resize((192, 144), Image.NEAREST)
+                mask.save(masks_dir / f"img_{label}_{i}_lesion.png")
 
 
 def test_pipeline_on_tiny_model_scores_and_ranks_methods(tmp_path, tiny_model_folder):
@@ -127,6 +138,7 @@ def test_pipeline_on_tiny_model_scores_and_ranks_methods(tmp_path, tiny_model_fo
     assert result["n_images"] == 2
     assert sorted(r["rank"] for r in result["methods"]) == [1, 2]
     assert len(result["per_image"]) == 4
+    assert result["masks_resized_to_image"] == 2
     for row in result["methods"]:
         assert 0.0 <= row["deletion_auc"] <= 1.0 and 0.0 <= row["insertion_auc"] <= 1.0
         assert row["energy_inside_mask"] is None or 0.0 <= row["energy_inside_mask"] <= 1.0

@@ -45,6 +45,7 @@ LAYOUT_LABELS = {
     "isic2018": "ISIC 2018 one-hot columns: " + ", ".join(f"{k}->{v}" for k, v in ISIC2018_TO_HAM.items()),
     "isic2019": "ISIC 2019 one-hot columns: " + ", ".join(f"{k}->{v}" for k, v in ISIC2019_TO_HAM.items())
                 + " (UNK rows dropped)",
+    "ph2": "PH2 clinical diagnosis: 0 -> common_nevus, 1 -> atypical_nevus, 2 -> melanoma",
     "imagefolder": "class sub-folder names",
     "hf": "the dataset's label feature",
 }

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from . import calibration, cam, tta
-from .data.sources import LesionTable
+from .data.sources import MASK_SUFFIXES, LesionTable
 from .imageio import is_image_file, load_rgb
 from .transforms import eval_geometry, eval_transform
 
@@ -125,9 +126,18 @@ def index_masks(folder: str | Path) -> dict[str, Path]:
 
 
 def find_mask(image_path: str | Path, masks: dict[str, Path]) -> Path | None:
-    """The mask whose stem is the image's stem, or the image's stem plus '_anything' (`_lesion`, `_segmentation`)."""
-    stem = Path(image_path).stem
-    if stem in masks:
+    """The mask for an image: its stem plus a known mask suffix (`_lesion`, `_segmentation`, ...), else
+    the same stem (a mask folder of its own), else its stem plus any '_suffix'.
+
+    Known suffixes come first because a PH2 case folder also holds `IMD002_R1_Region.bmp` (a colour
+    region, not the lesion) and the image `IMD002.bmp` itself, which is never its own mask.
+    """
+    image_path = Path(image_path)
+    stem = image_path.stem
+    for suffix in MASK_SUFFIXES:
+        if stem + suffix in masks:
+            return masks[stem + suffix]
+    if stem in masks and masks[stem].resolve() != image_path.resolve():
         return masks[stem]
     matches = sorted(s for s in masks if s.startswith(stem + "_"))
     return masks[matches[0]] if matches else None
@@ -217,6 +227,7 @@ def evaluate_explanations(predictor, table: LesionTable, cfg: QualityConfig, tem
         return score
 
     per_image: list[dict] = []
+    resized_masks = 0
     for row in chosen:
         path = table.frame["path"].iloc[row]
         image = load_rgb(path)
@@ -228,8 +239,10 @@ def evaluate_explanations(predictor, table: LesionTable, cfg: QualityConfig, tem
         if masks is not None:
             original = load_mask(find_mask(path, masks))
             if original.shape != (image.height, image.width):
-                raise MaskError(f"{find_mask(path, masks)}: mask is {original.shape[1]}x{original.shape[0]}, "
-                                f"image {path} is {image.width}x{image.height}")
+                # Masks made for the full-size originals of a resized copy (ISIC at 256x256): the copy
+                # was resized as a whole, so resizing the mask the same way keeps them aligned.
+                original = np.asarray(Image.fromarray(original).resize(image.size, Image.Resampling.NEAREST))
+                resized_masks += 1
             mask = mask_in_model_frame(original, geometry)
         for method in cfg.methods:
             start = time.perf_counter()
@@ -244,7 +257,7 @@ def evaluate_explanations(predictor, table: LesionTable, cfg: QualityConfig, tem
             per_image.append(record)
     return {"methods": rank_methods(summarise(per_image, cfg.methods, with_masks=masks is not None)),
             "per_image": per_image, "n_images": len(chosen), "cam_tta": cfg.cam_tta, "steps": cfg.steps,
-            "masks": cfg.masks, "explained_class": "prediction"}
+            "masks": cfg.masks, "masks_resized_to_image": resized_masks, "explained_class": "prediction"}
 
 
 def summarise(per_image: list[dict], methods: Sequence[str], *, with_masks: bool) -> list[dict]:
