@@ -56,35 +56,61 @@ def _state_dict_cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
+def _is_complete(folder: Path) -> bool:
+    return (folder / "state.pt").is_file() and (folder / "model.safetensors").is_file()
+
+
 def save_checkpoint(root: str | Path, step: int, *, model: torch.nn.Module, ema: torch.nn.Module | None,
                     state: dict[str, Any]) -> Path:
+    """Write a complete checkpoint folder, then commit it by pointing `LATEST` at it.
+
+    The folder is never overwritten in place: saving the same `step` twice (a mid-epoch checkpoint at
+    an epoch's last batch, then the end-of-epoch one) gets a new name, so a kill at any instant
+    leaves `LATEST` pointing at a complete folder.
+    """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:08d}"
+    name, n = f"step-{step:08d}", 1
+    while (root / name).exists():
+        name, n = f"step-{step:08d}-{n}", n + 1
+    final = root / name
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".incomplete-"))
     save_file(_state_dict_cpu(model), str(tmp / "model.safetensors"))
     if ema is not None:
         save_file(_state_dict_cpu(ema), str(tmp / "ema.safetensors"))
     torch.save(state, tmp / "state.pt")
-    if final.exists():
-        shutil.rmtree(final)
     os.replace(tmp, final)
     pointer_tmp = root / f".{LATEST}.tmp"
     pointer_tmp.write_text(final.name)
     os.replace(pointer_tmp, root / LATEST)  # the commit point
-    for old in sorted(root.glob("step-*"))[:-KEEP]:
-        shutil.rmtree(old, ignore_errors=True)
+    for old in _complete_checkpoints(root)[:-KEEP]:
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(".incomplete-*"):
         shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
+def _complete_checkpoints(root: Path) -> list[Path]:
+    """Committed checkpoint folders, oldest first (names sort in training order)."""
+    return sorted(p for p in root.glob("step-*") if p.is_dir() and _is_complete(p))
+
+
 def latest_checkpoint(root: str | Path) -> Path | None:
-    pointer = Path(root) / LATEST
-    if not pointer.is_file():
-        return None
-    path = Path(root) / pointer.read_text().strip()
-    return path if (path / "state.pt").is_file() else None
+    """The folder `LATEST` names when it is complete; else the newest complete `step-*` folder; else None.
+
+    `.incomplete-*` folders (a save killed half-way) are never returned. A `step-*` folder only ever
+    appears by an atomic rename of a finished folder, so falling back to one is safe.
+    """
+    root = Path(root)
+    pointer = root / LATEST
+    if pointer.is_file():
+        name = pointer.read_text().strip()
+        path = root / name
+        if name.startswith("step-") and "/" not in name and _is_complete(path):
+            return path
+    complete = _complete_checkpoints(root) if root.is_dir() else []
+    return complete[-1] if complete else None
 
 
 def load_checkpoint(path: str | Path, *, model: torch.nn.Module, ema: torch.nn.Module | None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from .constants import DEFAULT_CROP_PCT, DEFAULT_IMAGE_SIZE, DEFAULT_INTERPOLATI
 LOSSES = ("ce", "weighted_ce", "focal")
 SAMPLINGS = ("plain", "balanced")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
+TTA_MODES = ("none", "flips", "full")  # names of skinlesion.tta.TTA_MODES (kept here so config needs no torch)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ class TrainConfig:
             problems.append(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.sampling not in SAMPLINGS:
             problems.append(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
+        if self.tta not in TTA_MODES:
+            problems.append(f"tta must be one of {TTA_MODES}, got {self.tta!r}")
         if self.mixed_precision not in PRECISIONS:
             problems.append(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
@@ -88,6 +91,10 @@ class TrainConfig:
             problems.append(f"crop_pct must be in (0, 1], got {self.crop_pct}")
         if self.lr <= 0:
             problems.append("lr must be positive")
+        if not 0 < self.scale_min <= 1:
+            problems.append(f"scale_min must be in (0, 1], got {self.scale_min}")
+        if self.color_jitter < 0 or self.weight_decay < 0 or self.workers < 0:
+            problems.append("color_jitter, weight_decay and workers must not be negative")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
 
@@ -176,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--early-stopping", type=int)
     g.add_argument("--checkpoint-minutes", type=float)
     g.add_argument("--limit-train-batches", type=int)
-    g.add_argument("--tta", choices=("none", "flips", "full"))
+    g.add_argument("--tta", choices=TTA_MODES)
     g.add_argument("--progress", action=bool_flag, default=None)
 
     g = p.add_argument_group("hub")

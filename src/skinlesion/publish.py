@@ -4,18 +4,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .hub import HubUnavailableError, require_hub
+from .hub import HubUnavailableError, hub_offline_mode, require_hub
 
 
 def check_can_push(repo_id: str) -> None:
-    """Fail at start-up (not after hours of training) when a push could not succeed."""
-    require_hub(f"--push-to-hub {repo_id}")
+    """Fail at start-up (not after hours of training) when a push could not succeed.
+
+    Cheapest first: the repo id's form, offline mode and the token need no network; only then is the
+    Hub probed (a few seconds at most).
+    """
+    what = f"--push-to-hub {repo_id}"
+    parts = repo_id.split("/")
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(f"{what}: a Hub repo id has the form owner/name")
+    if hub_offline_mode():
+        require_hub(what)  # raises, naming HF_HUB_OFFLINE
     from huggingface_hub import get_token
 
     if not get_token():
-        raise HubUnavailableError(
-            f"--push-to-hub {repo_id}: no Hugging Face token; set HF_TOKEN or run `huggingface-cli login`"
-        )
+        raise HubUnavailableError(f"{what}: no Hugging Face token; set HF_TOKEN or run `hf auth login`")
+    require_hub(what)
 
 
 def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, message: str | None = None) -> str:

@@ -1,7 +1,12 @@
 """One readable training loop (nanoGPT / accelerate-examples style) driven by a `TrainConfig`.
 
 `train(cfg)` runs on one CPU, one GPU, or several processes under `accelerate launch` / torchrun
-(DDP). Only the main process writes files, prints, draws plots or pushes to the Hub.
+(DDP; gloo on CPU). Only the main process writes files, prints, draws plots or pushes to the Hub.
+
+The order in `train` is deliberate: every check that takes at most seconds (names, folders, Hub,
+split, class counts) runs before the first image is decoded, so bad input fails at once. The
+per-batch work is `train_step`, shared with `skinlesion.bench_train`, so the benchmark measures
+exactly the step that training runs.
 """
 
 from __future__ import annotations
@@ -9,7 +14,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,17 +31,29 @@ from torch.utils.data import DataLoader, RandomSampler
 from . import calibration, checkpoint, tta
 from .config import TrainConfig
 from .constants import CACHE_SHORT_SIDE, MANIFEST_FILE
-from .data import (DataError, LesionDataset, LesionTable, balanced_sampler, build_cache, class_weights,
-                   lesion_grouped_split, load_table, read_duplicate_pairs, read_manifest, select_split,
-                   write_manifest)
+from .data import (
+    DataError,
+    LesionDataset,
+    LesionTable,
+    balanced_sampler,
+    build_cache,
+    class_weights,
+    lesion_grouped_split,
+    load_table,
+    read_duplicate_pairs,
+    read_manifest,
+    select_split,
+    write_manifest,
+)
 from .data.splits import manifest_hash
 from .losses import build_loss
-from .modelfolder import load_model_folder, save_model_folder, update_extras
+from .modelfolder import load_model_folder, read_config, resolve_folder, save_model_folder, update_extras
 from .models import check_model_name, create_model
 from .taxonomy import parse_label_map
 from .transforms import Augmentation, Preprocessing, eval_transform, train_transform
 
 HISTORY_FILE = "history.csv"
+CHECKPOINT_DIR = "checkpoints"
 
 
 class TrainingSetupError(ValueError):
@@ -66,18 +85,86 @@ def augmentation_of(cfg: TrainConfig) -> Augmentation:
                         rand_augment=cfg.rand_augment, random_erasing=cfg.random_erasing)
 
 
+def launched_world_size() -> int:
+    """Processes the launcher (torchrun, `accelerate launch --multi_gpu`) started, from its env vars."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """The Accelerator for this run; several processes on a machine without CUDA become gloo DDP.
+
+    accelerate selects its multi-CPU mode only when asked for the CPU: under torchrun or
+    `accelerate launch --multi_gpu` without CUDA it otherwise gives every process a world of one,
+    and N independent trainings then overwrite one output folder. (`accelerate launch --cpu
+    --num_processes N` starts a single process; see the README.)
+    """
+    world = launched_world_size()
+    accelerator = Accelerator(cpu=world > 1 and not torch.cuda.is_available(),
+                              mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
+                              gradient_accumulation_steps=cfg.grad_accum)
+    if accelerator.num_processes != world:
+        raise TrainingSetupError(f"the launcher started {world} processes (WORLD_SIZE) but accelerate joined "
+                                 f"{accelerator.num_processes}; use `torchrun --nproc_per_node N train.py ...`")
+    return accelerator
+
+
 def check_output_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
+        probe = path / f".write-test-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
         raise TrainingSetupError(f"output folder {path} is not writable ({err})") from err
 
 
+def check_setup(cfg: TrainConfig, *, is_main: bool) -> dict | None:
+    """Checks that take seconds at most, run before the data is read; returns --init-from's config.json.
+
+    Each raises a specific error naming the flag to change.
+    """
+    check_model_name(cfg.model)
+    out = Path(cfg.output_dir)
+    if is_main:
+        check_output_dir(out)
+    if not cfg.resume and checkpoint.latest_checkpoint(out / CHECKPOINT_DIR) is not None:
+        raise TrainingSetupError(f"{out / CHECKPOINT_DIR} holds checkpoints of an earlier run: pass --resume to "
+                                 "continue it, or choose another --output-dir (or delete that folder)")
+    if cfg.push_to_hub:
+        from .publish import check_can_push
+
+        check_can_push(cfg.push_to_hub)
+    if cfg.pretrained:
+        from .hub import require_hub
+
+        require_hub(f"ImageNet weights for {cfg.model!r} (--pretrained)")
+    if not cfg.init_from:
+        return None
+    init_cfg = read_config(resolve_folder(cfg.init_from))  # config.json only; the weights load later
+    if init_cfg["architecture"] != cfg.model:
+        raise TrainingSetupError(f"--init-from {cfg.init_from} is a {init_cfg['architecture']}, but --model is "
+                                 f"{cfg.model}")
+    return init_cfg
+
+
+def fail_together(accelerator: Accelerator, check: Callable[[], object]) -> object:
+    """Run `check` on every process; if it raised on any, raise on all (no rank is left waiting in a barrier)."""
+    result, error = None, None
+    try:
+        result = check()
+    except Exception as err:  # noqa: BLE001 - re-raised below, on this process and (as a pointer) on the others
+        error = err
+    if accelerator.num_processes > 1:
+        failed = accelerator.gather(torch.tensor([int(error is not None)], device=accelerator.device))
+        if error is None and int(failed.sum()) > 0:
+            error = TrainingSetupError("another process failed its start-up checks; its message is above")
+    if error is not None:
+        raise error
+    return result
+
+
 def prepare_split(cfg: TrainConfig, is_main: bool) -> SplitData:
-    """Read the data and the split; make the lesion-grouped split when no manifest was given.
+    """Read the data table and the split (no image is decoded); make the lesion-grouped split when no manifest was given.
 
     Every process computes the same split from the seed, so no file has to be shared before the
     processes synchronise; only the main process writes the manifest.
@@ -98,8 +185,16 @@ def prepare_split(cfg: TrainConfig, is_main: bool) -> SplitData:
     manifest_path = out / MANIFEST_FILE
     if is_main:
         write_manifest(manifest, manifest_path)
-    train_t = select_split(table, manifest, "train")
-    val_t = select_split(table, manifest, "val")
+    tables = {}
+    for name in ("train", "val"):
+        try:
+            tables[name] = select_split(table, manifest, name)
+        except DataError as err:
+            if "is empty" not in str(err):
+                raise
+            hint = "--val-fraction above 0" if name == "val" else "a manifest with 'train' rows"
+            raise TrainingSetupError(f"the {name} split has no images ({cfg.data}); use {hint}") from err
+    train_t, val_t = tables["train"], tables["val"]
     # Sorted before ids are assigned: every process and every later run agrees on class indices.
     classes = sorted(set(train_t.frame["label"]) | set(val_t.frame["label"]))
     missing = sorted(set(classes) - set(train_t.frame["label"]))
@@ -108,22 +203,125 @@ def prepare_split(cfg: TrainConfig, is_main: bool) -> SplitData:
     return SplitData(train=train_t, val=val_t, classes=classes, manifest_path=manifest_path)
 
 
+def check_split(cfg: TrainConfig, split: SplitData, num_processes: int, init_cfg: dict | None) -> None:
+    """Checks that need the split but no pixels: enough images for a batch, classes matching --init-from."""
+    n_train, per_step = len(split.train.frame), cfg.batch_size * num_processes
+    if n_train < per_step:
+        raise TrainingSetupError(f"the training split has {n_train} images, fewer than one batch "
+                                 f"({cfg.batch_size} per process x {num_processes}); lower --batch-size")
+    if init_cfg is not None:
+        labels = list(init_cfg.get("label_names") or init_cfg["pretrained_cfg"].get("label_names") or [])
+        if labels != split.classes:
+            what = "classes" if len(labels) == len(split.classes) else f"{len(labels)} classes"
+            raise TrainingSetupError(
+                f"--init-from {cfg.init_from} has {what} {labels}, the data has {len(split.classes)} "
+                f"{split.classes}; fine-tune from a model with the same classes")
+
+
+def build_datasets(cfg: TrainConfig, split: SplitData, *, progress: bool) -> tuple[LesionDataset, LesionDataset]:
+    """Decode every image once into the in-memory cache (the slow part of start-up) and wrap it in datasets."""
+    pre = preprocessing_of(cfg)
+    # Enough pixels for the largest RandomResizedCrop/eval resize of this input size, and no more.
+    short_side = min(CACHE_SHORT_SIDE, math.ceil(cfg.image_size / cfg.crop_pct * 1.25))
+    train_cache = build_cache(split.train.frame["path"].tolist(), short_side, progress=progress)
+    val_cache = build_cache(split.val.frame["path"].tolist(), short_side)
+    train_ds = LesionDataset(split.train, split.classes, train_transform(pre, augmentation_of(cfg)), images=train_cache)
+    val_ds = LesionDataset(split.val, split.classes, eval_transform(pre), images=val_cache)
+    return train_ds, val_ds
+
+
+def make_loader(dataset: LesionDataset, cfg: TrainConfig, *, train: bool, generator: torch.Generator | None) -> DataLoader:
+    sampler = None
+    if train:
+        if cfg.sampling == "balanced":
+            sampler = balanced_sampler(dataset.targets, len(dataset.class_to_idx), generator=generator)
+        else:
+            sampler = RandomSampler(dataset, generator=generator)
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, shuffle=False, drop_last=train,
+                      num_workers=cfg.workers, persistent_workers=cfg.workers > 0, pin_memory=torch.cuda.is_available())
+
+
 def build_model(cfg: TrainConfig, classes: list[str]) -> torch.nn.Module:
     if cfg.init_from:
         loaded = load_model_folder(cfg.init_from)
-        if loaded.label_names != classes:
-            if len(loaded.label_names) != len(classes):
-                raise TrainingSetupError(
-                    f"--init-from {cfg.init_from} has {len(loaded.label_names)} classes {loaded.label_names}, "
-                    f"the data has {len(classes)} {classes}; fine-tune from a model with the same classes"
-                )
-            raise TrainingSetupError(
-                f"--init-from {cfg.init_from} classes {loaded.label_names} differ from the data's {classes}"
-            )
-        if loaded.architecture != cfg.model:
-            raise TrainingSetupError(f"--init-from is a {loaded.architecture}, but --model is {cfg.model}")
+        if loaded.label_names != classes or loaded.architecture != cfg.model:  # check_split ran on config.json
+            raise TrainingSetupError(f"--init-from {cfg.init_from} changed since start-up: {loaded.architecture} "
+                                     f"with classes {loaded.label_names}")
         return loaded.model.train()
     return create_model(cfg.model, len(classes), pretrained=cfg.pretrained, drop_rate=cfg.drop_rate, **cfg.model_args)
+
+
+@dataclass
+class StepState:
+    """Everything one optimisation step touches; `train_step` advances it."""
+
+    accelerator: Accelerator
+    model: torch.nn.Module              # prepared (DDP-wrapped when distributed)
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer    # prepared
+    scheduler: object                   # timm scheduler, stepped per optimiser update
+    ema: object | None                  # timm ModelEmaV3 of the unwrapped model
+    grad_clip: float
+    channels_last: bool
+    num_updates: int = 0
+
+
+def build_step_state(cfg: TrainConfig, classes: list[str], train_targets: list[int], accelerator: Accelerator,
+                     train_loader: DataLoader, val_loader: DataLoader) -> tuple[StepState, DataLoader, DataLoader, int]:
+    """Model, loss, optimiser, schedule and EMA, prepared; returns (state, train_loader, val_loader, batches_per_epoch)."""
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+    from timm.utils import ModelEmaV3
+
+    model = build_model(cfg, classes)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    weights = class_weights(train_targets, len(classes))
+    criterion = build_loss(cfg.loss, class_weights=weights, label_smoothing=cfg.label_smoothing,
+                           focal_gamma=cfg.focal_gamma)
+    # timm's factory keeps weight decay off norms and biases.
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # The loss holds no parameters: move it, do not hand it to prepare() (DDP refuses parameter-free modules).
+    criterion = criterion.to(accelerator.device)
+    # The scheduler is not prepared either: accelerate would step it once per process.
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    batches_per_epoch = len(train_loader)  # per process, after sharding
+    if cfg.limit_train_batches:
+        batches_per_epoch = min(batches_per_epoch, cfg.limit_train_batches)
+    updates_per_epoch = max(1, batches_per_epoch // cfg.grad_accum)
+    warmup = int(cfg.warmup_epochs * updates_per_epoch)
+    # warmup_prefix: the cosine starts after the warm-up, so it must span the remaining updates to end at lr_min.
+    scheduler = CosineLRScheduler(optimizer, t_initial=max(1, cfg.epochs * updates_per_epoch - warmup),
+                                  lr_min=cfg.lr * cfg.min_lr_ratio, warmup_t=warmup, warmup_lr_init=cfg.lr * 0.01,
+                                  warmup_prefix=True, t_in_epochs=False)
+    ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
+    state = StepState(accelerator=accelerator, model=model, criterion=criterion, optimizer=optimizer,
+                      scheduler=scheduler, ema=ema, grad_clip=cfg.grad_clip, channels_last=cfg.channels_last)
+    return state, train_loader, val_loader, batches_per_epoch
+
+
+def train_step(state: StepState, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One micro-batch: forward, backward and, when gradients sync, clip + optimiser + schedule + EMA.
+
+    x: (B, 3, H, W) normalised float, y: (B,) class indices. Returns the detached loss (no host sync here).
+    """
+    acc = state.accelerator
+    if state.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with acc.accumulate(state.model):
+        with acc.autocast():
+            loss = state.criterion(state.model(x), y)  # (B, K) logits -> scalar
+        acc.backward(loss)  # divides by grad_accum; DDP all-reduces gradients on the syncing micro-batch
+        if acc.sync_gradients and state.grad_clip > 0:
+            acc.clip_grad_norm_(state.model.parameters(), state.grad_clip)
+        state.optimizer.step()  # a no-op on accumulating micro-batches (AcceleratedOptimizer)
+        state.optimizer.zero_grad(set_to_none=True)
+        if acc.sync_gradients:
+            state.num_updates += 1
+            state.scheduler.step_update(state.num_updates)
+            if state.ema is not None:
+                state.ema.update(acc.unwrap_model(state.model), step=state.num_updates)
+    return loss.detach()
 
 
 def epoch_metrics(targets: np.ndarray, logits: np.ndarray, classes: list[str]) -> dict[str, float]:
@@ -136,7 +334,7 @@ def epoch_metrics(targets: np.ndarray, logits: np.ndarray, classes: list[str]) -
         "val_balanced_accuracy": float(balanced_accuracy_score(targets, preds)),
         "val_macro_f1": float(f1_score(targets, preds, labels=labels, average="macro", zero_division=0)),
     }
-    out.update({f"val_recall_{c}": float(r) for c, r in zip(classes, recalls)})
+    out.update({f"val_recall_{c}": float(r) for c, r in zip(classes, recalls, strict=True)})
     return out
 
 
@@ -206,185 +404,127 @@ def plot_confusion(path: Path, targets: np.ndarray, preds: np.ndarray, classes: 
     plt.close(fig)
 
 
-def make_loader(dataset: LesionDataset, cfg: TrainConfig, *, train: bool, generator: torch.Generator | None) -> DataLoader:
-    sampler = None
-    if train:
-        if cfg.sampling == "balanced":
-            sampler = balanced_sampler(dataset.targets, len(dataset.class_to_idx), generator=generator)
-        else:
-            sampler = RandomSampler(dataset, generator=generator)
-    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, shuffle=False, drop_last=train,
-                      num_workers=cfg.workers, persistent_workers=cfg.workers > 0, pin_memory=torch.cuda.is_available())
+def _patience_exhausted(cfg: TrainConfig, history: list[dict], best: dict) -> bool:
+    """Early stopping from the history itself, so a resumed run keeps counting where it stopped."""
+    return bool(cfg.early_stopping and history and len(history) - best["epoch"] >= cfg.early_stopping)
 
 
 def train(cfg: TrainConfig) -> dict:
     """Train, keep the best model by validation balanced accuracy, write the model folder; returns the summary."""
-    mp = resolve_mixed_precision(cfg.mixed_precision)
-    accelerator = Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum)
+    accelerator = make_accelerator(cfg)
     is_main = accelerator.is_main_process
     out = Path(cfg.output_dir)
-    # Fail before any slow work: bad names, folders and Hub settings are known now.
-    check_model_name(cfg.model)
-    if is_main:
-        check_output_dir(out)
-    if cfg.push_to_hub:
-        from .publish import check_can_push
+    ckpt_root = out / CHECKPOINT_DIR
 
-        check_can_push(cfg.push_to_hub)
-    if cfg.pretrained:
-        from .hub import require_hub
-
-        require_hub(f"ImageNet weights for {cfg.model!r} (--pretrained)")
-    accelerator.wait_for_everyone()
-
+    # 1. Seconds at most: names, folders, Hub, split and class counts, before one image is decoded.
+    init_cfg = fail_together(accelerator, lambda: check_setup(cfg, is_main=is_main))
     set_seed(cfg.seed)  # before the split and the model, so every process builds the same ones
     split = prepare_split(cfg, is_main)
-    classes = split.classes
-    pre = preprocessing_of(cfg)
-    short_side = min(CACHE_SHORT_SIDE, math.ceil(cfg.image_size / cfg.crop_pct * 1.25))
-    accelerator.print(f"train {len(split.train.frame)} / val {len(split.val.frame)} images, classes {classes}")
+    check_split(cfg, split, accelerator.num_processes, init_cfg)
+    classes, pre = split.classes, preprocessing_of(cfg)
+    accelerator.print(f"train {len(split.train.frame)} / val {len(split.val.frame)} images, classes {classes}, "
+                      f"{accelerator.num_processes} process(es) on {accelerator.device}")
+
+    # 2. The slow part of start-up: decode every image once.
     t0 = time.time()
-    train_cache = build_cache(split.train.frame["path"].tolist(), short_side, progress=is_main and cfg.progress)
-    val_cache = build_cache(split.val.frame["path"].tolist(), short_side)
-    accelerator.print(f"decoded {len(train_cache) + len(val_cache)} images in {time.time() - t0:.0f}s")
-    train_ds = LesionDataset(split.train, classes, train_transform(pre, augmentation_of(cfg)), images=train_cache)
-    val_ds = LesionDataset(split.val, classes, eval_transform(pre), images=val_cache)
-    if len(train_ds) < cfg.batch_size * accelerator.num_processes:
-        raise TrainingSetupError(f"training split has {len(train_ds)} images, fewer than one batch")
-
+    train_ds, val_ds = build_datasets(cfg, split, progress=is_main and cfg.progress)
+    accelerator.print(f"decoded {len(train_ds) + len(val_ds)} images in {time.time() - t0:.0f}s")
     generator = torch.Generator().manual_seed(cfg.seed)
-    train_loader = make_loader(train_ds, cfg, train=True, generator=generator)
-    val_loader = make_loader(val_ds, cfg, train=False, generator=None)
-
-    model = build_model(cfg, classes)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    weights = class_weights(train_ds.targets, len(classes))
-    criterion = build_loss(cfg.loss, class_weights=weights, label_smoothing=cfg.label_smoothing,
-                           focal_gamma=cfg.focal_gamma)
-
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import CosineLRScheduler
-    from timm.utils import ModelEmaV3
-
-    # timm's factory keeps weight decay off norms and biases.
-    optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
-    batches_per_epoch = len(train_loader) // accelerator.num_processes
-    if cfg.limit_train_batches:
-        batches_per_epoch = min(batches_per_epoch, cfg.limit_train_batches)
-    updates_per_epoch = max(1, batches_per_epoch // cfg.grad_accum)
-    scheduler = CosineLRScheduler(optimizer, t_initial=cfg.epochs * updates_per_epoch, lr_min=cfg.lr * cfg.min_lr_ratio,
-                                  warmup_t=int(cfg.warmup_epochs * updates_per_epoch), warmup_lr_init=cfg.lr * 0.01,
-                                  warmup_prefix=True, t_in_epochs=False)
-    # The loss holds no parameters: move it, do not hand it to prepare() (DDP refuses parameter-free modules).
-    criterion = criterion.to(accelerator.device)
-    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
-    ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
+    state, train_loader, val_loader, batches_per_epoch = build_step_state(
+        cfg, classes, train_ds.targets, accelerator, make_loader(train_ds, cfg, train=True, generator=generator),
+        make_loader(val_ds, cfg, train=False, generator=None))
+    model, optimizer, ema = state.model, state.optimizer, state.ema
 
     history: list[dict] = []
-    start_epoch, start_batch, num_updates = 0, 0, 0
+    start_epoch, start_batch, carried = 0, 0, (0.0, 0)
     best = {"val_balanced_accuracy": -1.0, "epoch": -1}
-    ckpt_root = out / "checkpoints"
     if cfg.resume:
         latest = checkpoint.latest_checkpoint(ckpt_root)
         if latest is None:
             accelerator.print(f"--resume: no checkpoint in {ckpt_root}, starting from scratch")
         else:
-            state = checkpoint.load_checkpoint(latest, model=accelerator.unwrap_model(model),
+            saved = checkpoint.load_checkpoint(latest, model=accelerator.unwrap_model(model),
                                                ema=ema.module if ema else None)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            history, best = state["history"], state["best"]
-            start_epoch, start_batch, num_updates = state["epoch"], state["batch"], state["num_updates"]
-            checkpoint.set_rng_state(state["rng"])
-            accelerator.print(f"resumed from {latest} at epoch {start_epoch} batch {start_batch}")
+            if saved.get("classes", classes) != classes:
+                raise TrainingSetupError(f"{latest} was trained on classes {saved['classes']}, the data has {classes}")
+            optimizer.load_state_dict(saved["optimizer"])
+            state.scheduler.load_state_dict(saved["scheduler"])
+            history, best = saved["history"], saved["best"]
+            start_epoch, start_batch, state.num_updates = saved["epoch"], saved["batch"], saved["num_updates"]
+            carried = (float(saved.get("epoch_loss_sum", 0.0)), int(saved.get("epoch_seen", 0)))
+            checkpoint.set_rng_state(saved["rng"])
+            accelerator.print(f"resumed from {latest} at epoch {start_epoch + 1} batch {start_batch}")
 
-    def save_ckpt(epoch: int, batch: int) -> None:
+    def save_ckpt(epoch: int, batch: int, loss_sum: float = 0.0, seen: int = 0) -> None:
+        # Main process only and no barrier: the time-based mid-epoch decision differs between processes,
+        # and the others need not wait (DDP's next all-reduce holds them until the main process is back).
         if is_main:
-            checkpoint.save_checkpoint(ckpt_root, num_updates, model=accelerator.unwrap_model(model),
-                                       ema=ema.module if ema else None,
-                                       state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                              "history": history, "best": best, "epoch": epoch, "batch": batch,
-                                              "num_updates": num_updates, "rng": checkpoint.rng_state(),
-                                              "config": json.dumps(cfg.to_dict())})
-        accelerator.wait_for_everyone()
+            checkpoint.save_checkpoint(
+                ckpt_root, state.num_updates, model=accelerator.unwrap_model(model), ema=ema.module if ema else None,
+                state={"optimizer": optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
+                       "history": history, "best": best, "epoch": epoch, "batch": batch,
+                       "num_updates": state.num_updates, "epoch_loss_sum": loss_sum, "epoch_seen": seen,
+                       "rng": checkpoint.rng_state(), "classes": classes, "config": json.dumps(cfg.to_dict())})
 
     eval_model = (lambda: ema.module) if ema else (lambda: model)
-    patience_left = cfg.early_stopping
     train_start = time.time()
     for epoch in range(start_epoch, cfg.epochs):
+        if _patience_exhausted(cfg, history, best):
+            accelerator.print(f"early stopping: no gain in validation balanced accuracy for {cfg.early_stopping} epochs")
+            break
         model.train()
         # The sampler order of an epoch depends only on (seed, epoch): a resumed run replays it exactly.
         generator.manual_seed(cfg.seed * 1000 + epoch)
-        loader = train_loader
         skip = start_batch if epoch == start_epoch else 0
-        if skip:
-            loader = accelerator.skip_first_batches(train_loader, skip)
+        loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+        loss_sum, seen = carried if skip else (0.0, 0)
         progress = None
         if is_main and cfg.progress:
             from tqdm.auto import tqdm
 
             progress = tqdm(total=batches_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
-        loss_sum, seen, last_ckpt, epoch_t0 = 0.0, 0, time.time(), time.time()
+        last_ckpt, epoch_t0 = time.time(), time.time()
         for batch_idx, (x, y) in enumerate(loader, start=skip):
             if batch_idx >= batches_per_epoch:
                 break
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    loss = criterion(model(x), y)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    if cfg.grad_clip > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if accelerator.sync_gradients:
-                    num_updates += 1
-                    scheduler.step_update(num_updates)
-                    if ema is not None:
-                        ema.update(accelerator.unwrap_model(model), step=num_updates)
+            loss = train_step(state, x, y)
             loss_sum += loss.item() * y.shape[0]
             seen += y.shape[0]
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss_sum / seen:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-            if cfg.checkpoint_minutes > 0 and time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
-                save_ckpt(epoch, batch_idx + 1)
+            if cfg.checkpoint_minutes > 0 and time.time() - last_ckpt > cfg.checkpoint_minutes * 60 \
+                    and batch_idx + 1 < batches_per_epoch:
+                save_ckpt(epoch, batch_idx + 1, loss_sum, seen)
                 last_ckpt = time.time()
         if progress is not None:
             progress.close()
-        train_loss = accelerator.gather(torch.tensor([loss_sum, seen], device=accelerator.device)).reshape(-1, 2).sum(0)
+        totals = accelerator.gather(torch.tensor([loss_sum, seen], dtype=torch.float64, device=accelerator.device))
+        totals = totals.reshape(-1, 2).sum(0)  # (processes, 2) -> (2,)
         train_seconds = time.time() - epoch_t0
 
         logits, targets = predict_logits(eval_model(), val_loader, accelerator, channels_last=cfg.channels_last)
         metrics = epoch_metrics(targets.numpy(), logits[0].numpy(), classes)
-        row = {"epoch": epoch + 1, "train_loss": float(train_loss[0] / max(train_loss[1], 1)),
+        row = {"epoch": epoch + 1, "train_loss": float(totals[0] / max(float(totals[1]), 1.0)),
                "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": round(train_seconds, 1), **metrics}
         history.append(row)
         accelerator.print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
-        improved = metrics["val_balanced_accuracy"] > best["val_balanced_accuracy"]
-        if improved:
+        if metrics["val_balanced_accuracy"] > best["val_balanced_accuracy"]:
             best = {**metrics, "epoch": epoch + 1}
-            patience_left = cfg.early_stopping
             if is_main:
                 save_model_folder(out, accelerator.unwrap_model(eval_model()), architecture=cfg.model,
                                   label_names=classes, preprocessing=pre, model_args=dict(cfg.model_args),
                                   extras=_extras(cfg, split, best, temperature=1.0))
                 plot_confusion(out / "confusion_matrix_val.png", targets.numpy(), logits[0].numpy().argmax(1), classes,
                                f"validation, epoch {epoch + 1} (row-normalised)")
-        else:
-            patience_left -= 1
         if is_main:
             write_history(out / HISTORY_FILE, history)
             plot_history(out / "history.png", history)
         save_ckpt(epoch + 1, 0)
-        if cfg.early_stopping and patience_left <= 0:
-            accelerator.print(f"early stopping: no gain in validation balanced accuracy for {cfg.early_stopping} epochs")
-            break
 
-    summary = {"best": best, "train_minutes": round((time.time() - train_start) / 60, 1), "epochs_run": len(history)}
+    summary = {"best": best, "train_minutes": round((time.time() - train_start) / 60, 1), "epochs_run": len(history),
+               "num_processes": accelerator.num_processes}
+    accelerator.wait_for_everyone()  # the model folder is complete before anyone reads it
     summary.update(finalize(cfg, accelerator, split, val_loader) if best["epoch"] > 0 else {})
     if is_main:
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
@@ -427,4 +567,5 @@ def finalize(cfg: TrainConfig, accelerator: Accelerator, split: SplitData, val_l
     return result
 
 
-__all__ = ["TrainingSetupError", "DataError", "train", "prepare_split", "epoch_metrics"]
+__all__ = ["TrainingSetupError", "DataError", "StepState", "build_step_state", "train", "train_step",
+           "prepare_split", "epoch_metrics", "make_loader", "make_accelerator"]

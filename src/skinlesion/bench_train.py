@@ -1,0 +1,150 @@
+"""Training throughput: the real loop against the bare step, in one process, one run.
+
+    python -m skinlesion.bench_train --model resnet18 --image-size 128 [--batch-size 64] [--steps 20] [--data PATH]
+
+Both numbers come from the code `train()` runs: `prepare_split` + `build_datasets` (decode cache) +
+`make_loader` + `build_step_state` + `train_step`. "loop" iterates the prepared DataLoader (workers,
+augmentation, collation) and steps; "bare" repeats `train_step` on one batch already in memory
+(same model, size, batch). Their ratio says how much of the step time the input pipeline costs
+(1.0 = none). Without --data, synthetic dermoscopy-like JPEGs of the size the cache keeps are written
+to a temporary folder. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import TrainConfig
+from .constants import CACHE_SHORT_SIDE
+from .training import (
+    build_datasets,
+    build_step_state,
+    make_accelerator,
+    make_loader,
+    prepare_split,
+    train_step,
+)
+
+SYNTHETIC_CLASSES = ("bkl", "mel", "nv")
+
+
+def write_synthetic_imagefolder(root: Path, n_images: int, short_side: int, seed: int = 0) -> Path:
+    """`n_images` 4:3 JPEGs (skin background, darker ellipse whose colour depends on the class)."""
+    rng = np.random.default_rng(seed)
+    h, w = short_side, round(short_side * 4 / 3)
+    yy, xx = np.mgrid[0:h, 0:w]
+    colours = np.array([(90, 50, 30), (40, 30, 60), (150, 60, 60)], dtype=np.float32)
+    for i in range(n_images):
+        label = i % len(SYNTHETIC_CLASSES)
+        cx, cy = w * rng.uniform(0.4, 0.6), h * rng.uniform(0.4, 0.6)
+        rx, ry = w * rng.uniform(0.15, 0.3), h * rng.uniform(0.15, 0.3)
+        img = np.empty((h, w, 3), dtype=np.float32)
+        img[...] = (220, 170, 150)
+        img[((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1] = colours[label]
+        img += rng.normal(0, 8, img.shape).astype(np.float32)
+        folder = root / SYNTHETIC_CLASSES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"img_{i:05d}.jpg", quality=90)
+    return root
+
+
+def _time_steps(step, steps: int, warmup: int) -> float:
+    """Seconds for `steps` calls of `step()` after `warmup` untimed ones."""
+    for _ in range(warmup):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return time.perf_counter() - t0
+
+
+def run(model: str, image_size: int, *, batch_size: int = 64, steps: int = 20, warmup: int = 3,
+        data: str | None = None, workers: int | None = None, channels_last: bool | None = None,
+        n_images: int = 512, seed: int = 0) -> dict:
+    """Images/s of the real training loop and of the bare step, and their ratio (loop / bare)."""
+    overrides = {} if workers is None else {"workers": workers}
+    if channels_last is not None:
+        overrides["channels_last"] = channels_last
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        if data is None:
+            short_side = min(CACHE_SHORT_SIDE, math.ceil(image_size / TrainConfig.crop_pct * 1.25))
+            data = str(write_synthetic_imagefolder(Path(tmp) / "data", n_images, short_side, seed=seed))
+        # epochs only shapes the LR schedule here; early stopping, checkpoints and the Hub play no part.
+        cfg = TrainConfig(data=data, model=model, image_size=image_size, batch_size=batch_size, epochs=100,
+                          output_dir=str(Path(tmp) / "out"), val_fraction=0.05, test_fraction=0.0, progress=False,
+                          seed=seed, **overrides)
+        accelerator = make_accelerator(cfg)
+        torch.manual_seed(cfg.seed)
+        split = prepare_split(cfg, is_main=accelerator.is_main_process)
+        train_ds, val_ds = build_datasets(cfg, split, progress=False)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        state, train_loader, _, batches_per_epoch = build_step_state(
+            cfg, split.classes, train_ds.targets, accelerator,
+            make_loader(train_ds, cfg, train=True, generator=generator),
+            make_loader(val_ds, cfg, train=False, generator=None))
+        state.model.train()
+
+        def batches():
+            epoch = 0
+            while True:  # as train(): one pass per epoch, sampler re-seeded per epoch
+                generator.manual_seed(cfg.seed * 1000 + epoch)
+                yield from train_loader
+                epoch += 1
+
+        stream = batches()
+
+        def loop_step() -> None:
+            x, y = next(stream)
+            train_step(state, x, y).item()  # train() reads the loss every step too
+
+        x0, y0 = next(stream)
+
+        def bare_step() -> None:
+            train_step(state, x0, y0).item()
+
+        loop_s = _time_steps(loop_step, steps, warmup)
+        bare_s = _time_steps(bare_step, steps, warmup)
+        stream.close()
+    loop_ips, bare_ips = steps * batch_size / loop_s, steps * batch_size / bare_s
+    return {"model": model, "image_size": image_size, "batch_size": batch_size, "steps": steps,
+            "workers": cfg.workers, "channels_last": cfg.channels_last, "ema": cfg.ema,
+            "torch_threads": torch.get_num_threads(), "batches_per_epoch": batches_per_epoch,
+            "data": "synthetic" if data.startswith(tmp) else data,
+            "loop_images_per_s": round(loop_ips, 1), "bare_step_images_per_s": round(bare_ips, 1),
+            "ratio": round(loop_ips / bare_ips, 3)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Training throughput: real loop vs bare step (JSON).")
+    p.add_argument("--model", required=True)
+    p.add_argument("--image-size", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=20, help="timed steps of each kind (after --warmup)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--data", default=None, help="a dataset folder; default: synthetic images")
+    p.add_argument("--images", type=int, default=512, help="synthetic images to write (without --data)")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: TrainConfig's)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result = run(args.model, args.image_size, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
+                 data=args.data, workers=args.workers, channels_last=args.channels_last, n_images=args.images)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Tiny synthetic image-folder datasets and configs for the training tests (and `ddp_check.py`).
+
+Each class is a lesion colour (see `conftest.synthetic_lesion`), so a few dozen 40x30 images are
+learnable in a handful of steps; everything is seeded and written into the test's tmp_path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import synthetic_lesion
+
+from skinlesion.config import TrainConfig
+
+TINY_CNN = {"widths": [8, 16, 16, 32], "hidden": 16}
+
+
+def make_imagefolder(root: Path, classes: tuple[str, ...] = ("bkl", "mel", "nv"), per_class: int = 16,
+                     size: tuple[int, int] = (40, 30)) -> Path:
+    """`root/<class>/<class>_<i>.png`, `per_class` images per class; class i gets lesion colour i."""
+    for label, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            synthetic_lesion(seed=1000 * label + i, size=size, label=label).save(folder / f"{name}_{i:03d}.png")
+    return root
+
+
+def tiny_config(data: Path, output_dir: Path, **overrides) -> TrainConfig:
+    """A lesion_cnn run on 32 px inputs that takes a few seconds on one CPU core."""
+    values = dict(data=str(data), output_dir=str(output_dir), model="lesion_cnn", model_args=dict(TINY_CNN),
+                  image_size=32, batch_size=8, epochs=2, lr=3e-3, warmup_epochs=0.5, val_fraction=0.25,
+                  test_fraction=0.0, workers=0, progress=False, checkpoint_minutes=0.0, early_stopping=0,
+                  ema=False, tta="flips", seed=0)
+    values.update(overrides)
+    return TrainConfig.from_dict(values)
+
+
+def cli_args(cfg: TrainConfig) -> list[str]:
+    """The train.py command line equivalent to `cfg` (for subprocess runs)."""
+    args = []
+    for key, value in cfg.to_dict().items():
+        default = TrainConfig.__dataclass_fields__[key].default
+        if key == "model_args":
+            continue  # passed through a recipe file instead
+        if value == default or value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + key.replace("_", "-"))
+        else:
+            args += [flag, str(value)]
+    return args

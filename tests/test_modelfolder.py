@@ -1,0 +1,102 @@
+"""The model folder training writes: a lossless round trip, timm-loadable, with everything the app needs."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from synthetic_training import TINY_CNN, make_imagefolder, tiny_config
+
+from skinlesion import training
+from skinlesion.data.splits import manifest_hash
+from skinlesion.modelfolder import load_model_folder
+
+
+def train_capturing_model(cfg, monkeypatch) -> tuple[dict, torch.nn.Module]:
+    """Run train(cfg) and keep a copy of the last model it saved into the folder (the in-memory model)."""
+    saved: list[torch.nn.Module] = []
+    original = training.save_model_folder
+
+    def spy(folder, model, **kwargs):
+        saved.append(copy.deepcopy(model).eval())
+        return original(folder, model, **kwargs)
+
+    monkeypatch.setattr(training, "save_model_folder", spy)
+    summary = training.train(cfg)
+    assert saved, "train() wrote no model folder"
+    return summary, saved[-1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, dict, torch.nn.Module]:
+    mp = pytest.MonkeyPatch()
+    try:
+        root = tmp_path_factory.mktemp("roundtrip")
+        data = make_imagefolder(root / "data", per_class=12)
+        cfg = tiny_config(data, root / "out", epochs=2, ema=True, ema_decay=0.9)
+        summary, model = train_capturing_model(cfg, mp)
+    finally:
+        mp.undo()
+    return root / "out", summary, model
+
+
+def test_model_folder_reloads_identically(trained):
+    out, _, in_memory = trained
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    loaded = load_model_folder(out)
+    via_timm = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    with torch.no_grad():
+        expected = in_memory(x)
+        torch.testing.assert_close(loaded.model(x), expected, rtol=0, atol=0)
+        torch.testing.assert_close(via_timm(x), expected, rtol=0, atol=0)
+    assert loaded.label_names == ["bkl", "mel", "nv"]
+    assert loaded.preprocessing.input_size == 32
+
+
+def test_config_json_has_everything_the_app_needs(trained):
+    out, summary, _ = trained
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "lesion_cnn"
+    assert config["num_classes"] == 3 and config["label_names"] == ["bkl", "mel", "nv"]
+    assert config["model_args"] == TINY_CNN
+    pre = config["pretrained_cfg"]
+    assert pre["input_size"] == [3, 32, 32]
+    assert len(pre["mean"]) == 3 and len(pre["std"]) == 3
+    assert pre["crop_pct"] == pytest.approx(0.95) and pre["interpolation"] == "bicubic"
+    ours = config["skinlesion"]
+    assert ours["tta"] == "flips"
+    assert ours["temperature"] == pytest.approx(summary["temperature"]) and ours["temperature"] > 0
+    assert ours["train_config"]["model"] == "lesion_cnn" and ours["train_config"]["epochs"] == 2
+    assert ours["manifest_sha256"] == manifest_hash(out / "split_manifest.csv")
+    assert ours["val_metrics"]["epoch"] == summary["best"]["epoch"]
+    assert 0.0 <= ours["val_metrics"]["val_balanced_accuracy"] <= 1.0
+    assert ours["ood"]["score"] == "energy" and isinstance(ours["ood"]["threshold"], float)
+    n_val = (out / "split_manifest.csv").read_text().count(",val")
+    assert ours["calibration"]["fitted_on"] == "val" and ours["calibration"]["n"] == n_val > 0
+    assert (out / "README.md").is_file() and (out / "history.png").is_file()
+
+
+def test_history_has_one_row_per_epoch(trained):
+    out, summary, _ = trained
+    rows = (out / "history.csv").read_text().strip().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
+    assert summary["epochs_run"] == 2
+
+
+def test_four_unknown_folder_names_train_and_keep_their_names(tmp_path, monkeypatch):
+    classes = ("atypical_nevus", "blue_spot", "mel", "zz_other")
+    data = make_imagefolder(tmp_path / "data", classes=classes, per_class=8)
+    summary, in_memory = train_capturing_model(tiny_config(data, tmp_path / "out", epochs=1), monkeypatch)
+    loaded = load_model_folder(tmp_path / "out")
+    assert loaded.label_names == list(classes) and loaded.num_classes == 4
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["label_descriptions"]["blue_spot"] == "Blue spot"  # shown as itself, not as a HAM10000 class
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), in_memory(x), rtol=0, atol=0)
+    assert loaded.model(x).shape == (2, 4)
+    assert set(summary["best"]) >= {f"val_recall_{c}" for c in classes}
