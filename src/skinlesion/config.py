@@ -39,7 +39,7 @@ class TrainConfig:
     crop_pct: float = DEFAULT_CROP_PCT
     interpolation: str = DEFAULT_INTERPOLATION
     scale_min: float = 0.35              # RandomResizedCrop lower area bound
-    rotate_degrees: float = 180.0
+    rotate_degrees: float = 0.0          # arbitrary-angle rotation before the crop; 90-degree turns are always on
     color_jitter: float = 0.2
     rand_augment: bool = False
     random_erasing: float = 0.0
