@@ -6,6 +6,7 @@ learnable in a handful of steps; everything is seeded and written into the test'
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from conftest import synthetic_lesion
@@ -36,18 +37,8 @@ def tiny_config(data: Path, output_dir: Path, **overrides) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
-def cli_args(cfg: TrainConfig) -> list[str]:
-    """The train.py command line equivalent to `cfg` (for subprocess runs)."""
-    args = []
-    for key, value in cfg.to_dict().items():
-        default = TrainConfig.__dataclass_fields__[key].default
-        if key == "model_args":
-            continue  # passed through a recipe file instead
-        if value == default or value is None:
-            continue
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + key.replace("_", "-"))
-        else:
-            args += [flag, str(value)]
-    return args
+def write_recipe(cfg: TrainConfig, path: Path) -> Path:
+    """`cfg` as a --config JSON recipe (for train.py subprocess runs); data and output_dir stay on the CLI."""
+    values = {k: v for k, v in cfg.to_dict().items() if k not in ("data", "output_dir")}
+    path.write_text(json.dumps(values))
+    return path
