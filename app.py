@@ -48,7 +48,10 @@ def build_demo(registry: logic.ModelRegistry, examples_dir: str | Path | None = 
             with gr.Column(scale=2, min_width=300):
                 image = gr.Image(label="Dermoscopic image", sources=["upload", "clipboard", "webcam"],
                                  type="filepath", height=320, elem_id="input-image")
-                model = gr.Dropdown(choices=available, value=default, label="Model", elem_id="model")
+                # Without any model the dropdown still has a value, so /predict keeps its image-only signature
+                # and answers with "No model is available" instead of a missing-argument error.
+                model = gr.Dropdown(choices=available or [("no model available", "")], value=default or "",
+                                    label="Model", elem_id="model")
                 method = gr.Dropdown(choices=logic.cam_method_choices(), value="gradcam", label="CAM method")
                 target = gr.Dropdown(choices=view.target_choices, value=logic.PREDICTED, label="Class to explain",
                                      allow_custom_value=True, elem_id="target")
@@ -147,8 +150,15 @@ def main(argv: list[str] | None = None) -> None:
             logging.getLogger(__name__).exception("examples dataset %s unavailable", dataset)
             registry.notes.append(f"Examples dataset `{dataset}` unavailable: {err}")
     demo = build_demo(registry, examples_dir, concurrency_limit=args.concurrency, max_queue=args.max_queue)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD,
-                theme=gr.themes.Soft(), css=CSS)
+    launch(demo, host=args.host, port=args.port, share=args.share)
+
+
+def launch(demo: gr.Blocks, *, host: str | None = None, port: int | None = None, share: bool = False,
+           block: bool = True) -> str:
+    """Serve `demo` as production does (tests pass block=False to get the URL back and keep going)."""
+    _, local_url, _ = demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD,
+                                  theme=gr.themes.Soft(), css=CSS, prevent_thread_lock=not block, quiet=not block)
+    return local_url
 
 
 if __name__ == "__main__":

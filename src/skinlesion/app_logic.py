@@ -2,12 +2,13 @@
 
 `app.py` holds only the layout and the event wiring; every callback calls `analyze`, `compare` or
 `model_changed` here. The pieces:
-- `ModelSpec` / `model_specs`: which models to serve (shipped `weights/`, `--model`, `MODEL_ID`),
+- `ModelSpec` / `model_sources`: which models to serve (shipped `weights/`, `--model`, `MODEL_ID`),
   with `ID@REV` pinning a Hub revision.
 - `ModelRegistry`: each model loaded once per process and shared by all requests; a model that
   failed to load (offline Hub, bad id, broken folder) is reported on the page, never retried per request.
 - formatting: a `Prediction` / `Explanation` turned into `gr.Label` data and markdown.
-- errors a user can act on (a bad upload, an unknown class) raised as `gr.Error` with a message.
+- errors a user can act on (a bad upload, an unknown class) raised as `UserError`, a `gr.Error`
+  whose message the page and API clients show (without a traceback in the server log).
 """
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ DISCLAIMER = (
     "confidently wrong. It must never be used to diagnose, treat or triage anyone: if a skin lesion "
     "worries you, see a doctor or dermatologist."
 )
+
+
+class UserError(gr.Error):
+    """A problem the user can fix (bad upload, unknown class): shown in the page, no traceback in the log."""
+
+    def __init__(self, message: str, title: str = "Error"):
+        super().__init__(message, title=title, print_exception=False)
+        logger.info("user error: %s", message)
 
 
 class ModelUnavailableError(RuntimeError):
@@ -167,9 +176,12 @@ class ModelRegistry:
         return list(self._entries)
 
     def get(self, name: str | None) -> Predictor:
-        if not self._entries:
-            raise ModelUnavailableError("No model is available in this app. " + " ".join(self.notes))
-        entry = self._entries.get(name or "")
+        """The model called `name` (None or "": the default one), loading it on first use."""
+        name = name or self.default_name
+        if name is None:
+            raise ModelUnavailableError("No model is available in this app (see the Models panel). "
+                                        + " ".join(self.notes))
+        entry = self._entries.get(name)
         if entry is None:
             raise ModelUnavailableError(f"Unknown model {name!r}; this app serves {self.names}")
         with entry.lock:
@@ -259,8 +271,8 @@ def _upload_path_and_name(image: Any) -> tuple[Any, str]:
             try:
                 return base64.b64decode(url.split(",", 1)[1], validate=False), name
             except (ValueError, IndexError) as err:
-                raise gr.Error(f"Could not read the image: {name} is not valid base64 data") from err
-        raise gr.Error("The upload carried no file. Try uploading the image again.")
+                raise UserError(f"Could not read the image: {name} is not valid base64 data") from err
+        raise UserError("The upload carried no file. Try uploading the image again.")
     if isinstance(image, (str, os.PathLike)):
         return image, Path(image).name
     return image, "the image"
@@ -269,17 +281,17 @@ def _upload_path_and_name(image: Any) -> tuple[Any, str]:
 def decode_upload(image: Any) -> Image.Image:
     """Whatever the image component sends -> RGB PIL image, or a gr.Error saying what is wrong with it."""
     if image is None:
-        raise gr.Error("Upload a dermoscopic image first (file, clipboard or webcam).", title="No image")
+        raise UserError("Upload a dermoscopic image first (file, clipboard or webcam).", title="No image")
     source, name = _upload_path_and_name(image)
     try:
         rgb = load_rgb(source)
     except ImageLoadError as err:
         # The message starts with the server-side temp path: show the user's own file name instead.
         message = str(err).replace(str(source), name) if isinstance(source, (str, os.PathLike)) else str(err)
-        raise gr.Error(f"Could not read the image: {message}", title="Unreadable image") from err
+        raise UserError(f"Could not read the image: {message}", title="Unreadable image") from err
     w, h = rgb.size
     if min(w, h) < MIN_IMAGE_SIDE:
-        raise gr.Error(f"The image is only {w}x{h} pixels; it needs at least {MIN_IMAGE_SIDE} pixels on each "
+        raise UserError(f"The image is only {w}x{h} pixels; it needs at least {MIN_IMAGE_SIDE} pixels on each "
                        "side. Upload the dermoscopic photo itself, not a thumbnail.", title="Image too small")
     return rgb
 
@@ -304,7 +316,7 @@ def target_choices(label_names: Sequence[str]) -> list[tuple[str, str]]:
 def _check_method(method: str | None) -> str:
     method = (method or "gradcam").strip().lower()
     if method not in cam_method_choices():
-        raise gr.Error(f"Unknown CAM method {method!r}; choose one of {cam_method_choices()}")
+        raise UserError(f"Unknown CAM method {method!r}; choose one of {cam_method_choices()}")
     return method
 
 
@@ -314,14 +326,14 @@ def _check_tta(tta: str | None) -> str | None:
     if tta in (None, "", MODEL_DEFAULT_TTA):
         return None
     if tta not in TTA_MODES:
-        raise gr.Error(f"Unknown TTA mode {tta!r}; choose one of {[MODEL_DEFAULT_TTA, *TTA_MODES]}")
+        raise UserError(f"Unknown TTA mode {tta!r}; choose one of {[MODEL_DEFAULT_TTA, *TTA_MODES]}")
     return tta
 
 
 def _check_alpha(alpha: float | None) -> float:
     alpha = 0.5 if alpha is None else float(alpha)
     if not 0.0 <= alpha <= 1.0:
-        raise gr.Error(f"Overlay opacity must be between 0 and 1, got {alpha}")
+        raise UserError(f"Overlay opacity must be between 0 and 1, got {alpha}")
     return alpha
 
 
@@ -329,15 +341,15 @@ def _check_target(target: str | None, label_names: Sequence[str]) -> str | None:
     if target in (None, "", PREDICTED):
         return None
     if target not in label_names:
-        raise gr.Error(f"This model has no class {target!r}; its classes are {list(label_names)}")
+        raise UserError(f"This model has no class {target!r}; its classes are {list(label_names)}")
     return target
 
 
 def _get_model(registry: ModelRegistry, name: str | None) -> Predictor:
     try:
-        return registry.get(name or registry.default_name)
+        return registry.get(name)
     except ModelUnavailableError as err:
-        raise gr.Error(str(err), title="Model unavailable") from err
+        raise UserError(str(err), title="Model unavailable") from err
 
 
 @contextlib.contextmanager
@@ -347,9 +359,9 @@ def _explain_errors() -> Iterator[None]:
     try:
         yield
     except ImageLoadError as err:
-        raise gr.Error(f"Could not read the image: {err}", title="Unreadable image") from err
+        raise UserError(f"Could not read the image: {err}", title="Unreadable image") from err
     except UnsupportedModelError as err:
-        raise gr.Error(f"This model cannot be explained with a CAM: {err}") from err
+        raise UserError(f"This model cannot be explained with a CAM: {err}") from err
 
 
 # -- formatting -------------------------------------------------------------------------------------
@@ -372,8 +384,8 @@ def summary_markdown(prediction: Prediction, *, model_name: str, target_label: s
     lines = [f"### {cls.name} (`{prediction.label}`) — {_pct(prediction.confidence)}",
              f"Calibrated confidence of the predicted class: **{_pct(prediction.confidence)}**  "]
     if prediction.malignant_prob is not None:
-        lines.append(f"Probability of malignancy (melanoma + basal cell carcinoma + actinic keratosis/IEC): "
-                     f"**{_pct(prediction.malignant_prob)}**  ")
+        malignant = " + ".join(describe_label(c).name.lower() for c in prediction.probs if describe_label(c).malignant)
+        lines.append(f"Probability of malignancy ({malignant}): **{_pct(prediction.malignant_prob)}**  ")
     else:
         lines.append("Probability of malignancy: this model has no malignant class.  ")
     if cls.description:
@@ -484,10 +496,10 @@ def compare(registry: ModelRegistry, image: Any, model_names: Sequence[str] | No
     method, tta_mode, alpha = _check_method(method), _check_tta(tta), _check_alpha(alpha)
     names = list(model_names) if model_names else registry.available_names[:MAX_COMPARE_MODELS]
     if not names:
-        raise gr.Error("Pick at least one model to compare." if registry.available_names
+        raise UserError("Pick at least one model to compare." if registry.available_names
                        else "No model is available in this app.")
     if len(names) > MAX_COMPARE_MODELS:
-        raise gr.Error(f"Compare at most {MAX_COMPARE_MODELS} models at once (got {len(names)}).")
+        raise UserError(f"Compare at most {MAX_COMPARE_MODELS} models at once (got {len(names)}).")
     predictors = [(name, _get_model(registry, name)) for name in names]
     rgb = decode_upload(image)
     gallery: list[tuple[Image.Image, str]] = [(display_size(rgb), "input")]

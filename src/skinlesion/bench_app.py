@@ -1,0 +1,245 @@
+"""`python -m skinlesion.bench_app --model M` (or `python -m skinlesion.bench app ...`): the app's speed.
+
+Measures, in one run so the shared machine's load hits both sides alike:
+- cold start: `python app.py` launched as a subprocess until its first /predict answer (polled with
+  gradio_client), plus when the server first answered HTTP;
+- per-request latency of /predict through the app against the bare library call on the same file in
+  this process: `Predictor.explain`, which is the library work the app does (it includes the
+  prediction), and `predict` + `explain` for reference. The app is timed two ways:
+  `app_http_s`, the browser's path (upload, queue join, server-sent events, download of the three
+  output images) over plain HTTP, and `app_client_s`, gradio_client, which adds its own latency
+  (it polls its message queue every 50 ms).
+`ui_overhead` = median `app_http_s` / median `explain` (goal <= 1.15); `ui_overhead_gradio_client`
+the same for gradio_client. On a shared machine both sides swing with the load; the server's own
+trace (GRADIO_PROFILING) adds a steadier figure: `server_overhead_ms`, what Gradio spends per request
+around the callback (queue, pre/post-processing, writing the output images). Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+APP_FILE = REPO_ROOT / "app.py"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model: str                              # model folder or Hub id, as `app.py --model` takes it
+    requests: int = 10                      # timed requests per side
+    warmup: int = 2                         # untimed requests per side first
+    width: int = 600                        # HAM10000 images are 600x450
+    height: int = 450
+    method: str = "gradcam"
+    startup_timeout: float = 600.0          # seconds for app.py to answer its first request
+    settle_s: float = 0.0                   # untimed pause before each timed call
+    seed: int = 0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def synthetic_dermoscopy(path: Path, *, width: int, height: int, seed: int) -> Path:
+    """A skin-toned image with a dark, noisy ellipse: stands in for a dermoscopic photo (no data shipped)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    cx, cy = width * rng.uniform(0.4, 0.6), height * rng.uniform(0.4, 0.6)
+    rx, ry = width * rng.uniform(0.15, 0.3), height * rng.uniform(0.15, 0.3)
+    inside = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1.0
+    img = np.empty((height, width, 3), dtype=np.float64)
+    img[...] = (215, 165, 145)
+    img[inside] = rng.uniform(20, 120, size=3)
+    img += rng.normal(0, 8, img.shape)
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def start_app(args: list[str], *, port: int, env: dict[str, str] | None = None,
+              log_path: Path | None = None) -> subprocess.Popen:
+    """`python app.py ARGS --host 127.0.0.1 --port PORT` with analytics and the Hub off; output to `log_path`."""
+    full_env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False",
+                "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), **(env or {})}
+    out = open(log_path, "wb") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
+    return subprocess.Popen([sys.executable, str(APP_FILE), *args, "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=REPO_ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_until_serving(url: str, proc: subprocess.Popen | None, timeout: float) -> float:
+    """Poll `url` until it answers HTTP 200; returns the time it took. Fails fast if `proc` died."""
+    import httpx
+
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with code {proc.returncode} before serving {url}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return time.perf_counter() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def http_predict(http, url: str, image: Path, *, method: str = "gradcam") -> list[Any]:
+    """/predict as the browser does it: upload, join the queue, read the SSE result, fetch the images."""
+    with image.open("rb") as f:
+        uploaded = http.post(url + "gradio_api/upload", files={"files": (image.name, f, "image/png")})
+    uploaded.raise_for_status()
+    file_data = {"path": uploaded.json()[0], "orig_name": image.name, "meta": {"_type": "gradio.FileData"}}
+    # None model: the app's default model; the rest are the page's defaults.
+    call = http.post(url + "gradio_api/call/predict", json={"data": [file_data, None, method, "predicted", "default", 0.5]})
+    call.raise_for_status()
+    event_id = call.json()["event_id"]
+    event, outputs = None, None
+    with http.stream("GET", url + f"gradio_api/call/predict/{event_id}") as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+            elif line.startswith("data:") and event in ("complete", "error"):
+                outputs = json.loads(line.split(":", 1)[1])
+                break
+    if event != "complete" or not isinstance(outputs, list):
+        raise RuntimeError(f"/predict failed: {event} {outputs}")
+    for item in outputs:
+        if isinstance(item, dict) and item.get("url"):
+            http.get(item["url"]).raise_for_status()
+    return outputs
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run(cfg: BenchConfig) -> dict[str, Any]:
+    import httpx
+    from gradio_client import Client, handle_file
+
+    from .predictor import Predictor
+
+    with tempfile.TemporaryDirectory(prefix="bench_app_") as tmp:
+        image = synthetic_dermoscopy(Path(tmp) / "lesion.png", width=cfg.width, height=cfg.height, seed=cfg.seed)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/"
+        launched = time.perf_counter()
+        proc = start_app(["--model", cfg.model, "--no-default-model"], port=port, log_path=Path(tmp) / "app.log",
+                         env={"GRADIO_PROFILING": "1"})
+        try:
+            server_ready = wait_until_serving(url, proc, cfg.startup_timeout)
+            client = Client(url, verbose=False, download_files=str(Path(tmp) / "downloads"))
+            client.predict(handle_file(str(image)), api_name="/predict")
+            cold_start = time.perf_counter() - launched
+
+            predictor = Predictor.from_pretrained(cfg.model)
+            http = httpx.Client(timeout=cfg.startup_timeout)
+
+            def through_http():
+                http_predict(http, url, image, method=cfg.method)
+
+            def through_client():
+                client.predict(handle_file(str(image)), method=cfg.method, api_name="/predict")
+
+            def bare_explain():
+                predictor.explain(image, method=cfg.method)
+
+            def bare_predict_explain():
+                predictor.predict(image)
+                predictor.explain(image, method=cfg.method)
+
+            sides = {"app_http": through_http, "app_client": through_client, "library_explain": bare_explain,
+                     "library_predict_explain": bare_predict_explain}
+            for _ in range(cfg.warmup):
+                for fn in sides.values():
+                    fn()
+            times: dict[str, list[float]] = {name: [] for name in sides}
+            for _ in range(cfg.requests):  # interleaved: load spikes on the shared machine hit every side
+                for name, fn in sides.items():
+                    # Let the previous side's stragglers (server clean-up, client threads) finish first.
+                    time.sleep(cfg.settle_s)
+                    times[name].append(_timed(fn))
+            traces = [t for t in http.get(url + "gradio_api/profiling/traces").json() if t.get("fn_name") == "predict"]
+        finally:
+            stop(proc)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    return {
+        "config": asdict(cfg),
+        "backend": predictor.backend,
+        "tta": predictor.tta,
+        "torch_threads": _torch_threads(),
+        "cold_start_s": round(cold_start, 3),
+        "server_ready_s": round(server_ready, 3),
+        "app_http_s": round(median["app_http"], 4),
+        "app_client_s": round(median["app_client"], 4),
+        "library_explain_s": round(median["library_explain"], 4),
+        "library_predict_explain_s": round(median["library_predict_explain"], 4),
+        "ui_overhead": round(median["app_http"] / median["library_explain"], 3),
+        "ui_overhead_gradio_client": round(median["app_client"] / median["library_explain"], 3),
+        "ui_overhead_vs_predict_plus_explain": round(median["app_http"] / median["library_predict_explain"], 3),
+        "server_callback_ms": round(statistics.median(t["fn_call_ms"] for t in traces), 1),
+        "server_overhead_ms": round(statistics.median(t["total_ms"] - t["fn_call_ms"] for t in traces), 1),
+        "all_s": {name: [round(t, 4) for t in values] for name, values in times.items()},
+    }
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m skinlesion.bench_app", description=__doc__.split("\n")[0])
+    default = BenchConfig(model="")
+    parser.add_argument("--model", default=str(REPO_ROOT / "weights"), help="model folder or Hub id (default: weights/)")
+    parser.add_argument("--requests", type=int, default=default.requests, help="timed requests per side")
+    parser.add_argument("--warmup", type=int, default=default.warmup, help="untimed requests per side")
+    parser.add_argument("--size", type=int, nargs=2, default=(default.width, default.height), metavar=("W", "H"),
+                        help="synthetic image size")
+    parser.add_argument("--method", default=default.method, help="CAM method")
+    parser.add_argument("--startup-timeout", type=float, default=default.startup_timeout)
+    parser.add_argument("--settle", type=float, default=default.settle_s, help="pause (s) before each timed call")
+    parser.add_argument("--seed", type=int, default=default.seed)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.requests < 1:
+        raise SystemExit("--requests must be at least 1")
+    cfg = BenchConfig(model=args.model, requests=args.requests, warmup=args.warmup, width=args.size[0],
+                      height=args.size[1], method=args.method, startup_timeout=args.startup_timeout, settle_s=args.settle,
+                      seed=args.seed)
+    print(json.dumps(run(cfg), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

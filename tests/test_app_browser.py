@@ -1,0 +1,75 @@
+"""A real browser (Debian chromium through Playwright) uploads an image and reads the result."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from test_app_client import lesion_file, serve
+
+from skinlesion import app_logic as logic
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def test_upload_analyze_shows_label_overlay_and_disclaimer(browser, tiny_model_folder: Path, tmp_path: Path):
+    registry = logic.ModelRegistry([logic.ModelSpec(str(tiny_model_folder))])
+    registry.load_all()
+    image = lesion_file(tmp_path / "in", seed=11, label=1, size=(300, 225))
+    expected = registry.get("tiny_model").predict(image)
+    screenshot = tmp_path / "app_result.png"
+    with serve(registry) as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url, wait_until="domcontentloaded", timeout=120_000)
+        page.wait_for_selector("#analyze", timeout=120_000)
+        assert page.get_by_text("Research demo, not a diagnosis").is_visible()
+
+        page.locator("#input-image input[type=file]").set_input_files(str(image))
+        page.wait_for_selector("#input-image img", timeout=60_000)  # the upload preview
+        page.click("#analyze")
+        page.wait_for_selector("#overlay img", timeout=120_000)
+        page.wait_for_function("document.querySelector('#label') && "
+                               "document.querySelector('#label').innerText.includes('%')", timeout=60_000)
+
+        label_text = page.locator("#label").inner_text()
+        assert logic.label_key(expected.label) in label_text
+        assert page.locator("#overlay img").evaluate("img => img.naturalWidth") == 300
+        assert f"{expected.label_name} (" in page.locator("#summary").inner_text()
+        assert "TTA agreement" in page.locator("#agreement").inner_text()
+        page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 10_000
+    print(f"screenshot: {screenshot}")
+
+
+def test_a_broken_upload_shows_an_error_toast(browser, tiny_model_folder: Path, tmp_path: Path):
+    registry = logic.ModelRegistry([logic.ModelSpec(str(tiny_model_folder))])
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    with serve(registry) as url:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(url, wait_until="domcontentloaded", timeout=120_000)
+        page.wait_for_selector("#analyze", timeout=120_000)
+        page.locator("#input-image input[type=file]").set_input_files(str(bad))
+        page.wait_for_timeout(1500)
+        page.click("#analyze")
+        toast = page.get_by_text("Could not read the image", exact=False).first
+        toast.wait_for(timeout=60_000)
+        assert "not an image file" in toast.inner_text()
