@@ -136,7 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.examples is not None and not args.examples.is_dir():
+        parser.error(f"--examples {args.examples}: no such folder")
     sources = logic.model_sources(args.model, os.environ.get(logic.MODEL_ID_ENV),
                                   SHIPPED_WEIGHTS if args.default_model else None)
     registry = logic.ModelRegistry(sources.specs, notes=sources.notes)

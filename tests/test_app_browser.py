@@ -73,3 +73,38 @@ def test_a_broken_upload_shows_an_error_toast(browser, tiny_model_folder: Path, 
         toast = page.get_by_text("Could not read the image", exact=False).first
         toast.wait_for(timeout=60_000)
         assert "not an image file" in toast.inner_text()
+
+
+def test_class_dropdown_follows_the_selected_model(browser, tiny_model_folder: Path, tmp_path: Path):
+    from skinlesion.modelfolder import load_model_folder, save_model_folder
+    from skinlesion.models import create_model
+
+    loaded = load_model_folder(tiny_model_folder)
+    two_class = create_model("lesion_cnn", 2, widths=(8, 16, 16, 32), hidden=16).eval()
+    other = save_model_folder(tmp_path / "cancer_model", two_class, architecture="lesion_cnn",
+                              label_names=["akiec", "bcc"], preprocessing=loaded.preprocessing,
+                              model_args={"widths": [8, 16, 16, 32], "hidden": 16})
+    registry = logic.ModelRegistry([logic.ModelSpec(str(tiny_model_folder)), logic.ModelSpec(str(other))])
+    registry.load_all()
+
+    def class_options(page) -> list[str]:
+        page.locator("#target input").click()
+        options = page.locator("#target [role=option]")
+        options.first.wait_for(timeout=30_000)
+        labels = [options.nth(i).get_attribute("aria-label") for i in range(options.count())]
+        page.keyboard.press("Escape")
+        return labels
+
+    with serve(registry) as url:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(url, wait_until="domcontentloaded", timeout=120_000)
+        page.wait_for_selector("#analyze", timeout=120_000)
+        assert "Melanoma (mel)" in class_options(page)
+
+        page.locator("#model input").click()
+        page.locator("#model [role=option][aria-label=cancer_model]").click()
+        page.wait_for_function("document.body.innerText.includes('Basal cell carcinoma (`bcc`')"
+                               " || document.body.innerText.includes('Basal cell carcinoma (bcc')", timeout=60_000)
+        after = class_options(page)
+        assert after == ["predicted class", "Actinic keratosis / intraepithelial carcinoma (akiec)",
+                         "Basal cell carcinoma (bcc)"]

@@ -151,3 +151,11 @@ def test_examples_panel_hidden_without_examples(registry: logic.ModelRegistry, t
     with serve(registry, examples) as url:
         assert "lesion_4.png" in str(httpx.get(url + "config", timeout=30).json()["components"])
 
+
+
+def test_cli_refuses_a_missing_examples_folder(tmp_path: Path, capsys: pytest.CaptureFixture):
+    app = load_app_module()
+    with pytest.raises(SystemExit) as info:
+        app.main(["--no-default-model", "--examples", str(tmp_path / "absent")])
+    assert info.value.code == 2
+    assert "no such folder" in capsys.readouterr().err

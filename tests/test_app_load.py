@@ -34,7 +34,6 @@ def sharp_model_folder(tiny_model_folder: Path, tmp_path: Path) -> Path:
                              model_args={"widths": [8, 16, 16, 32], "hidden": 16}, extras=loaded.extras)
 
 
-@pytest.mark.slow
 def test_sixteen_concurrent_clients_each_get_their_own_answer(sharp_model_folder: Path, tmp_path: Path):
     registry = logic.ModelRegistry([logic.ModelSpec(str(sharp_model_folder))])
     registry.load_all()

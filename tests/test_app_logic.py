@@ -256,3 +256,11 @@ def test_example_images_lists_only_images(tmp_path: Path):
     assert [p.name for p in logic.example_images(tmp_path)] == ["a.png", "b.png"]
     with pytest.raises(FileNotFoundError):
         logic.example_images(tmp_path / "absent")
+
+
+def test_examples_dataset_offline_is_a_clear_hub_error(monkeypatch: pytest.MonkeyPatch):
+    from skinlesion.hub import HubUnavailableError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HubUnavailableError, match="nobody/derm-examples"):
+        logic.examples_from_hub("nobody/derm-examples@v1")
