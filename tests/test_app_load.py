@@ -81,3 +81,16 @@ def test_sixteen_concurrent_clients_each_get_their_own_answer(sharp_model_folder
         *_, details = after.predict(handle_file(str(images[0])), api_name="/predict")
         assert details["probs"] == pytest.approx(expected[0], abs=TOLERANCE)
     print(f"{N_CLIENTS} concurrent requests answered in {elapsed:.1f} s")
+
+
+@pytest.mark.slow
+def test_bench_app_reports_cold_start_and_overhead(tiny_model_folder: Path):
+    from skinlesion.bench_app import BenchConfig, run
+
+    result = run(BenchConfig(model=str(tiny_model_folder), requests=2, warmup=1, width=200, height=150, threads=1))
+    assert 0 < result["server_ready_s"] <= result["cold_start_s"]
+    for key in ("app_http_s", "app_client_s", "library_explain_s", "library_predict_explain_s"):
+        assert result[key] > 0, key
+    assert result["ui_overhead"] == pytest.approx(result["app_http_s"] / result["library_predict_explain_s"], rel=0.01)
+    assert result["server_callback_ms"] > 0 and result["server_overhead_ms"] >= 0
+    assert len(result["all_s"]["app_http"]) == 2
