@@ -6,8 +6,9 @@ Both numbers come from the code `train()` runs: `prepare_split` + `build_dataset
 `make_loader` + `build_step_state` + `train_step`. "loop" iterates the prepared DataLoader (workers,
 augmentation, collation) and steps; "bare" repeats `train_step` on one batch already in memory
 (same model, size, batch). Their ratio says how much of the step time the input pipeline costs
-(1.0 = none). Without --data, synthetic dermoscopy-like JPEGs of the size the cache keeps are written
-to a temporary folder. Prints JSON.
+(1.0 = none); `cpu_ratio` says the same from CPU time (workers included), which a shared machine's
+load disturbs far less than wall time. Without --data, synthetic dermoscopy-like JPEGs of the size
+the cache keeps are written to a temporary folder. Prints JSON.
 """
 
 from __future__ import annotations
@@ -58,20 +59,37 @@ def write_synthetic_imagefolder(root: Path, n_images: int, short_side: int, seed
     return root
 
 
-def _time_steps(step, steps: int, warmup: int) -> float:
-    """Seconds for `steps` calls of `step()` after `warmup` untimed ones."""
-    for _ in range(warmup):
-        step()
-    t0 = time.perf_counter()
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its live children (the DataLoader workers)."""
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def _time_steps(step, steps: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds incl. workers) for `steps` calls of `step()`."""
+    t0, c0 = time.perf_counter(), _cpu_seconds()
     for _ in range(steps):
         step()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, _cpu_seconds() - c0
 
 
 def run(model: str, image_size: int, *, batch_size: int = 64, steps: int = 20, warmup: int = 3,
         data: str | None = None, workers: int | None = None, channels_last: bool | None = None,
         n_images: int = 512, seed: int = 0) -> dict:
-    """Images/s of the real training loop and of the bare step, and their ratio (loop / bare)."""
+    """Images/s of the real training loop and of the bare step, and their ratio (loop / bare).
+
+    Bare first: the DataLoader workers fill their prefetch queue during its warm-up and then idle, so
+    they do not slow it. The loop's warm-up then drains that queue (2 batches per worker), so the
+    timed loop steps run at the pipeline's steady state and are not flattered by batches made earlier.
+    """
     overrides = {} if workers is None else {"workers": workers}
     if channels_last is not None:
         overrides["channels_last"] = channels_last
@@ -112,16 +130,23 @@ def run(model: str, image_size: int, *, batch_size: int = 64, steps: int = 20, w
         def bare_step() -> None:
             train_step(state, x0, y0).item()
 
-        loop_s = _time_steps(loop_step, steps, warmup)
-        bare_s = _time_steps(bare_step, steps, warmup)
+        _time_steps(bare_step, warmup)
+        bare_s, bare_cpu = _time_steps(bare_step, steps)
+        _time_steps(loop_step, warmup + 2 * cfg.workers)
+        loop_s, loop_cpu = _time_steps(loop_step, steps)
         stream.close()
-    loop_ips, bare_ips = steps * batch_size / loop_s, steps * batch_size / bare_s
+    images = steps * batch_size
+    loop_ips, bare_ips = images / loop_s, images / bare_s
     return {"model": model, "image_size": image_size, "batch_size": batch_size, "steps": steps,
             "workers": cfg.workers, "channels_last": cfg.channels_last, "ema": cfg.ema,
             "torch_threads": torch.get_num_threads(), "batches_per_epoch": batches_per_epoch,
             "data": "synthetic" if data.startswith(tmp) else data,
             "loop_images_per_s": round(loop_ips, 1), "bare_step_images_per_s": round(bare_ips, 1),
-            "ratio": round(loop_ips / bare_ips, 3)}
+            "ratio": round(loop_ips / bare_ips, 3),
+            # On a shared machine wall time swings with others' load; CPU time (workers included) much less:
+            # cpu_ratio = bare CPU / loop CPU is the share of the loop's CPU spent in the step itself.
+            "loop_images_per_cpu_s": round(images / loop_cpu, 2), "bare_images_per_cpu_s": round(images / bare_cpu, 2),
+            "cpu_ratio": round(bare_cpu / loop_cpu, 3)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, required=True)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=20, help="timed steps of each kind (after --warmup)")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps of each kind first")
     p.add_argument("--data", default=None, help="a dataset folder; default: synthetic images")
     p.add_argument("--images", type=int, default=512, help="synthetic images to write (without --data)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: TrainConfig's)")
@@ -141,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     result = run(args.model, args.image_size, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
-                 data=args.data, workers=args.workers, channels_last=args.channels_last, n_images=args.images)
+                 data=args.data, workers=args.workers, channels_last=args.channels_last,
+                 n_images=args.images)
     print(json.dumps(result, indent=2))
     return 0
 

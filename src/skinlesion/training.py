@@ -493,8 +493,9 @@ def train(cfg: TrainConfig) -> dict:
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss_sum / seen:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            # Mid-epoch only right after an optimiser update: accumulated gradients are not checkpointed.
             if cfg.checkpoint_minutes > 0 and time.time() - last_ckpt > cfg.checkpoint_minutes * 60 \
-                    and batch_idx + 1 < batches_per_epoch:
+                    and batch_idx + 1 < batches_per_epoch and accelerator.sync_gradients:
                 save_ckpt(epoch, batch_idx + 1, loss_sum, seen)
                 last_ckpt = time.time()
         if progress is not None:
