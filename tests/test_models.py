@@ -16,8 +16,8 @@ def test_our_models_create_by_name_through_timm_and_forward_at_64px(name):
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, num_classes=7).eval()
     with torch.no_grad():
-        out = model(torch.randn(2, 3, 64, 64))
-    assert out.shape == (2, 7)
+        out = model(torch.randn(1, 3, 64, 64))
+    assert out.shape == (1, 7)
     assert torch.isfinite(out).all()
 
 
