@@ -52,6 +52,43 @@ def _eval_sections(folder: Path) -> list[str]:
     return lines
 
 
+# The project's floors for a shipped model (HAM10000 test split, lesion-grouped, flip TTA).
+QUALITY_BARS = (("balanced accuracy", "balanced_accuracy", 0.70, ">="),
+                ("melanoma AUC (one-vs-rest)", "mel_auc", 0.90, ">="),
+                ("ECE after calibration", "ece", 0.05, "<="))
+
+
+def _quality_bars(folder: Path) -> list[str]:
+    path = folder / "eval" / "ham10000_test" / "report.json"
+    if not path.is_file():
+        return []
+    report = json.loads(path.read_text())
+    values = {"balanced_accuracy": report.get("balanced_accuracy"), "ece": report.get("ece"),
+              "mel_auc": (report.get("per_class", {}).get("mel") or {}).get("auc")}
+    lines = ["## Quality bars (HAM10000 test split)", "", "| bar | floor | reached | met |", "|---|---|---|---|"]
+    missed = []
+    for name, key, floor, op in QUALITY_BARS:
+        value = values[key]
+        met = value is not None and (value >= floor if op == ">=" else value <= floor)
+        if not met:
+            missed.append(name)
+        lines.append(f"| {name} | {op} {floor} | {_fmt(value)} | {'yes' if met else '**no**'} |")
+    lines.append("")
+    if missed:
+        lines += [f"**This model does not reach the floor for: {', '.join(missed)}.** It is shipped because it is "
+                  "the best model trained so far within the compute available; treat its outputs accordingly.", ""]
+    return lines
+
+
+def _training_time(folder: Path) -> list[str]:
+    path = folder / "train_summary.json"
+    if not path.is_file():
+        return []
+    summary = json.loads(path.read_text())
+    machine = summary.get("machine", "2 CPU cores, no GPU, shared with other work")
+    return [f"- Training time: {summary.get('train_minutes')} min for {summary.get('epochs_run')} epochs ({machine})."]
+
+
 def render_model_card(folder: str | Path) -> str:
     folder = Path(folder)
     config = json.loads((folder / MODEL_CONFIG_FILE).read_text())
@@ -98,6 +135,7 @@ def render_model_card(folder: str | Path) -> str:
         f"{'ImageNet weights' if train_cfg.get('pretrained') else 'scratch (no pretrained weights)'}, "
         f"input {size} px, {train_cfg.get('epochs', '?')} epochs max, loss `{train_cfg.get('loss')}`, "
         f"sampling `{train_cfg.get('sampling')}`, EMA {'on' if train_cfg.get('ema') else 'off'}, seed {train_cfg.get('seed')}.",
+        *_training_time(folder),
         f"- Split: lesion-grouped, stratified (manifest `split_manifest.csv`, sha256 `{str(extras.get('manifest_sha256'))[:12]}…`).",
         f"- Best validation epoch {val.get('epoch')}: balanced accuracy {_fmt(val.get('val_balanced_accuracy'))}, "
         f"accuracy {_fmt(val.get('val_accuracy'))}, macro F1 {_fmt(val.get('val_macro_f1'))} (no TTA).",
@@ -106,6 +144,7 @@ def render_model_card(folder: str | Path) -> str:
         "",
         "## Evaluation",
         "",
+        *_quality_bars(folder),
         *(_eval_sections(folder) or ["Not evaluated yet: run `python evaluate.py --model THIS_FOLDER ...`.", ""]),
         "## Intended use and limitations",
         "",
