@@ -26,7 +26,7 @@ def test_bench_runs_train_step_for_both_measurements_and_prints_json(monkeypatch
     assert bench_train.main(["--model", "lesion_cnn", "--image-size", "32", "--batch-size", "8", "--steps", "2",
                              "--warmup", "1", "--images", "48", "--workers", "0"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert calls == {"train_step": 2 * (2 + 1), "build_datasets": 1}  # bare and loop, warm-ups included
+    assert calls == {"train_step": 3 * 2 + 2 * 1, "build_datasets": 1}  # bare, loop, bare + 2 warm-ups
     assert result["model"] == "lesion_cnn" and result["image_size"] == 32 and result["batch_size"] == 8
     assert result["loop_images_per_s"] > 0 and result["bare_step_images_per_s"] > 0
     assert result["ratio"] == pytest.approx(result["loop_images_per_s"] / result["bare_step_images_per_s"], rel=0.05)

@@ -89,6 +89,8 @@ def run(model: str, image_size: int, *, batch_size: int = 64, steps: int = 20, w
     Bare first: the DataLoader workers fill their prefetch queue during its warm-up and then idle, so
     they do not slow it. The loop's warm-up then drains that queue (2 batches per worker), so the
     timed loop steps run at the pipeline's steady state and are not flattered by batches made earlier.
+    Bare is timed again after the loop and the two are averaged, which cancels a steady drift in a
+    shared machine's load (the JSON keeps both).
     """
     overrides = {} if workers is None else {"workers": workers}
     if channels_last is not None:
@@ -131,17 +133,20 @@ def run(model: str, image_size: int, *, batch_size: int = 64, steps: int = 20, w
             train_step(state, x0, y0).item()
 
         _time_steps(bare_step, warmup)
-        bare_s, bare_cpu = _time_steps(bare_step, steps)
+        bare_before = _time_steps(bare_step, steps)
         _time_steps(loop_step, warmup + 2 * cfg.workers)
         loop_s, loop_cpu = _time_steps(loop_step, steps)
+        bare_after = _time_steps(bare_step, steps)  # bare on both sides of the loop cancels a steady drift in load
         stream.close()
     images = steps * batch_size
+    bare_s, bare_cpu = (bare_before[0] + bare_after[0]) / 2, (bare_before[1] + bare_after[1]) / 2
     loop_ips, bare_ips = images / loop_s, images / bare_s
     return {"model": model, "image_size": image_size, "batch_size": batch_size, "steps": steps,
             "workers": cfg.workers, "channels_last": cfg.channels_last, "ema": cfg.ema,
             "torch_threads": torch.get_num_threads(), "batches_per_epoch": batches_per_epoch,
             "data": "synthetic" if data.startswith(tmp) else data,
             "loop_images_per_s": round(loop_ips, 1), "bare_step_images_per_s": round(bare_ips, 1),
+            "bare_before_after_images_per_s": [round(images / bare_before[0], 1), round(images / bare_after[0], 1)],
             "ratio": round(loop_ips / bare_ips, 3),
             # On a shared machine wall time swings with others' load; CPU time (workers included) much less:
             # cpu_ratio = bare CPU / loop CPU is the share of the loop's CPU spent in the step itself.
