@@ -41,6 +41,16 @@ def lesion_mask(image: Image.Image) -> np.ndarray:
     return arr.sum(axis=2) < 400
 
 
+@pytest.fixture(autouse=True)
+def _one_intra_op_thread():
+    # Small test models gain nothing from two intra-op threads, and on a busy 2-core machine two
+    # threads thrash (~10x slower than one). One place for every test, not a copy per file.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not (SHARED_DATA / "HAM10000" / "HAM10000_metadata.csv").exists():

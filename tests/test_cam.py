@@ -32,15 +32,6 @@ FAMILIES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread():
-    # The machine is shared: with both cores busy, two intra-op threads thrash (~10x slower than one).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_lesion_cnn() -> nn.Module:
     torch.manual_seed(0)
     return timm.create_model("lesion_cnn", num_classes=3, widths=(8, 16, 16, 32), hidden=16).eval()

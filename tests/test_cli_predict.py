@@ -8,21 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import synthetic_lesion
 from PIL import Image
 
 from skinlesion import bench_inference, explain, predict
 from skinlesion.predictor import Predictor
-
-
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread():
-    # The machine is shared: with both cores busy, two intra-op threads thrash (~10x slower than one).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

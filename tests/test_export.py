@@ -32,15 +32,6 @@ def save_tiny(folder: Path, seed: int) -> Path:
                              extras={"temperature": 1.5, "tta": "flips"})
 
 
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread():
-    # The machine is shared: with both cores busy, two intra-op threads thrash (~10x slower than one).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> tuple[Path, dict]:
     """One export through the CLI for the whole module (the exporter takes seconds)."""

@@ -29,15 +29,6 @@ from skinlesion.tta import get_views
 TINY_ARGS = {"widths": [8, 16, 16, 32], "hidden": 16}
 
 
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread():
-    # The machine is shared: with both cores busy, two intra-op threads thrash (~10x slower than one).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_folder(root: Path, labels: list[str], extras: dict, seed: int = 0, name: str = "m") -> Path:
     torch.manual_seed(seed)
     model = create_model("lesion_cnn", len(labels), widths=tuple(TINY_ARGS["widths"]), hidden=16).eval()
