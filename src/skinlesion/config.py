@@ -56,6 +56,7 @@ class TrainConfig:
     label_smoothing: float = 0.1         # for ce / weighted_ce
     focal_gamma: float = 2.0
     sampling: str = "plain"              # plain or balanced (class-balanced sampler)
+    sampling_power: float = 1.0          # balanced: weight each image by count**-power (1 = equal classes, 0.5 = square root)
     ema: bool = True                     # keep an exponential moving average of weights; evaluate and ship it
     ema_decay: float = 0.998
     mixed_precision: str = "auto"        # auto = bf16 on GPUs that support it, fp16 on other GPUs, off on CPU
@@ -82,6 +83,8 @@ class TrainConfig:
             problems.append(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.sampling not in SAMPLINGS:
             problems.append(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
+        if not 0.0 < self.sampling_power <= 1.0:
+            problems.append(f"sampling_power must be in (0, 1], got {self.sampling_power}")
         if self.tta not in TTA_MODES:
             problems.append(f"tta must be one of {TTA_MODES}, got {self.tta!r}")
         if self.mixed_precision not in PRECISIONS:
@@ -173,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--label-smoothing", type=float)
     g.add_argument("--focal-gamma", type=float)
     g.add_argument("--sampling", choices=SAMPLINGS)
+    g.add_argument("--sampling-power", type=float)
     g.add_argument("--ema", action=bool_flag, default=None)
     g.add_argument("--ema-decay", type=float)
     g.add_argument("--mixed-precision", choices=PRECISIONS)

@@ -234,7 +234,8 @@ def make_loader(dataset: LesionDataset, cfg: TrainConfig, *, train: bool, genera
     sampler = None
     if train:
         if cfg.sampling == "balanced":
-            sampler = balanced_sampler(dataset.targets, len(dataset.class_to_idx), generator=generator)
+            sampler = balanced_sampler(dataset.targets, len(dataset.class_to_idx), generator=generator,
+                                       power=cfg.sampling_power)
         else:
             sampler = RandomSampler(dataset, generator=generator)
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, shuffle=False, drop_last=train,
