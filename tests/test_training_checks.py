@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from synthetic_training import make_imagefolder, tiny_config
 
 from skinlesion import training
@@ -113,3 +114,20 @@ def test_config_refuses_bad_values():
         tiny_config(Path("x"), Path("y"), tta="sideways")
     with pytest.raises(ValueError, match="scale_min"):
         tiny_config(Path("x"), Path("y"), scale_min=0.0)
+    with pytest.raises(ValueError, match="sampling_power"):
+        tiny_config(Path("x"), Path("y"), sampling="balanced", sampling_power=0.0)
+
+
+def test_sampling_power_reaches_the_train_loader(monkeypatch):
+    """`--sampling-power` is not just stored: the loader's sampler is built with it."""
+    seen = {}
+
+    def record(targets, num_classes, generator=None, power=1.0):
+        seen["power"] = power
+        return torch.utils.data.SequentialSampler(targets)
+
+    monkeypatch.setattr(training, "balanced_sampler", record)
+    ds = type("DS", (), {"targets": [0, 1, 1], "class_to_idx": {"a": 0, "b": 1}, "__len__": lambda self: 3})()
+    cfg = tiny_config(Path("x"), Path("y"), sampling="balanced", sampling_power=0.5, workers=0)
+    training.make_loader(ds, cfg, train=True, generator=torch.Generator())
+    assert seen["power"] == 0.5
