@@ -9,6 +9,10 @@ worker; the table reports validation balanced accuracy (no TTA), wall time and C
 (this process and its finished loader workers) is what to compare when the machine is shared: wall
 time then depends on the other load. A killed comparison resumes: finished candidates are kept in
 results.json and an interrupted one continues from its last checkpoint.
+
+--external DATA also scores every candidate (no TTA) on a dataset from another clinic, e.g.
+../shared/data/ISIC2017_test, on the classes it has: validation accuracy alone cannot show which
+choices transfer.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 
 from skinlesion.config import TrainConfig, load_recipe
 from skinlesion.data import lesion_grouped_split, load_table, read_duplicate_pairs, write_manifest
+from skinlesion.evaluation import EvalConfig, run
 from skinlesion.training import train
 
 
@@ -31,6 +36,17 @@ def _cpu_seconds() -> float:
     """User + system CPU time of this process and its reaped children (the DataLoader workers)."""
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _score_external(folder: Path, data: str) -> dict:
+    report = run(EvalConfig(models=(str(folder),), data=data, out=str(folder / "external"), tta="none",
+                            bootstrap=0, workers=1, progress=False))
+    return {"external_balanced_accuracy": report["balanced_accuracy"],
+            "external_melanoma_auc": report["per_class"].get("mel", {}).get("auc")}
+
+
+def _fmt(value) -> str:
+    return "" if value is None else f"{value:.3f}"
 
 
 def main() -> None:
@@ -43,6 +59,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--external", help="another clinic's labelled images to score each candidate on")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -76,13 +93,21 @@ def main() -> None:
                      "minutes": round((time.time() - t0) / 60, 1),
                      "cpu_minutes": round((_cpu_seconds() - cpu0) / 60, 1)})
         results_path.write_text(json.dumps(rows, indent=2))
+    if args.external:
+        for r in rows:
+            if r.get("external") != args.external:
+                r.update(external=args.external, **_score_external(out / Path(r["recipe"]).stem, args.external))
+                results_path.write_text(json.dumps(rows, indent=2))
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     lines = [f"Budget: {args.epochs} x {args.limit_train_batches} batches of {args.batch_size}, seed {args.seed}; {machine}", "",
-             "| recipe | model | px | loss | sampling | val bal. acc. | val acc. | wall min | CPU min |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| recipe | model | px | loss | sampling | val bal. acc. | val acc. | wall min | CPU min | ext. bal. acc. | ext. mel AUC |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: -r["val_balanced_accuracy"]):
         lines.append(f"| {Path(r['recipe']).stem} | {r['model']} | {r['image_size']} | {r['loss']} | {r['sampling']} | "
-                     f"{r['val_balanced_accuracy']:.3f} | {r['val_accuracy']:.3f} | {r['minutes']} | {r.get('cpu_minutes', '')} |")
+                     f"{r['val_balanced_accuracy']:.3f} | {r['val_accuracy']:.3f} | {r['minutes']} | {r.get('cpu_minutes', '')} | "
+                     f"{_fmt(r.get('external_balanced_accuracy'))} | {_fmt(r.get('external_melanoma_auc'))} |")
+    if args.external:
+        lines.append(f"\next. = {args.external}, no TTA, scored on the classes it has")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

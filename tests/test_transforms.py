@@ -16,6 +16,7 @@ from skinlesion.data import LesionDataset, LesionTable, balanced_sampler, build_
 from skinlesion.transforms import (
     Augmentation,
     Preprocessing,
+    ShadesOfGray,
     eval_geometry,
     eval_transform,
     resize_size,
@@ -143,3 +144,33 @@ def test_lesion_dataset_with_cache(tmp_path: Path) -> None:
     torch.testing.assert_close(lazy[0][0], x)  # lazy decoding gives the cached result
     with pytest.raises(ValueError, match=r"not among the model's classes"):
         LesionDataset(table, ["mel"], eval_transform(PRE))
+
+
+def test_shades_of_gray_removes_a_colour_cast() -> None:
+    img = as_uint8_tensor(synthetic_lesion(3, (120, 90)))
+    cast = (img.float() * torch.tensor([1.0, 0.8, 0.6]).view(3, 1, 1)).round().to(torch.uint8)  # warm light
+    fixed, fixed_cast = ShadesOfGray()(img), ShadesOfGray()(cast)
+    assert fixed.dtype == torch.uint8 and fixed.shape == img.shape
+    p_means = fixed.float().pow(6).mean(dim=(-2, -1)).pow(1 / 6)
+    assert (p_means.max() - p_means.min()) / p_means.mean() < 0.03  # the illuminant is now grey
+    # The same lesion under two lights has the same colours after correction (brightness is kept, so
+    # compare chromaticity: each pixel's channels over their sum).
+    def chroma(x):
+        x = x.float() + 1.0
+        return x / x.sum(dim=0, keepdim=True)
+
+    assert (chroma(fixed) - chroma(fixed_cast)).abs().mean() < 0.005
+    assert (chroma(img) - chroma(cast)).abs().mean() > 0.03
+    batch = ShadesOfGray()(torch.stack([img, cast]))  # works on TTA stacks too, image by image
+    assert torch.equal(batch[0], fixed) and torch.equal(batch[1], fixed_cast)
+
+
+def test_color_constancy_is_part_of_the_stored_preprocessing() -> None:
+    pre = Preprocessing(input_size=48, color_constancy="shades_of_gray")
+    assert Preprocessing.from_timm(json.loads(json.dumps(pre.to_timm()))) == pre
+    old_folder = {k: v for k, v in pre.to_timm().items() if k != "color_constancy"}
+    assert Preprocessing.from_timm(old_folder).color_constancy == "none"  # folders written before the option
+    img = synthetic_lesion(4, (120, 90))
+    assert not torch.allclose(eval_transform(pre)(img), eval_transform(PRE)(img))
+    with pytest.raises(ValueError, match="color_constancy"):
+        Preprocessing(color_constancy="retinex")

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .constants import DEFAULT_CROP_PCT, DEFAULT_IMAGE_SIZE, DEFAULT_INTERPOLATION
+from .constants import COLOR_CONSTANCY, DEFAULT_CROP_PCT, DEFAULT_IMAGE_SIZE, DEFAULT_INTERPOLATION
 
 LOSSES = ("ce", "weighted_ce", "focal")
 SAMPLINGS = ("plain", "balanced")
@@ -38,6 +38,8 @@ class TrainConfig:
     image_size: int = DEFAULT_IMAGE_SIZE
     crop_pct: float = DEFAULT_CROP_PCT
     interpolation: str = DEFAULT_INTERPOLATION
+    color_constancy: str = "none"        # none or shades_of_gray: stored in the model folder, applied at inference
+    color_constancy: str = "none"        # none or shades_of_gray (stored in the model folder, applied at inference)
     scale_min: float = 0.35              # RandomResizedCrop lower area bound
     rotate_degrees: float = 0.0          # arbitrary-angle rotation before the crop; 90-degree turns are always on
     color_jitter: float = 0.2
@@ -93,6 +95,8 @@ class TrainConfig:
             problems.append("epochs, batch_size and grad_accum must be at least 1")
         if not 16 <= self.image_size <= 1024:
             problems.append(f"image_size {self.image_size} is outside 16..1024")
+        if self.color_constancy not in COLOR_CONSTANCY:
+            problems.append(f"color_constancy must be one of {COLOR_CONSTANCY}, got {self.color_constancy!r}")
         if not 0 < self.crop_pct <= 1:
             problems.append(f"crop_pct must be in (0, 1], got {self.crop_pct}")
         if self.lr <= 0:
@@ -158,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("preprocessing and augmentation")
     g.add_argument("--image-size", type=int)
     g.add_argument("--crop-pct", type=float)
+    g.add_argument("--color-constancy", choices=COLOR_CONSTANCY)
     g.add_argument("--scale-min", type=float)
     g.add_argument("--rotate-degrees", type=float)
     g.add_argument("--color-jitter", type=float)

@@ -20,3 +20,6 @@ MODEL_CONFIG_FILE = "config.json"
 MODEL_CARD_FILE = "README.md"
 MANIFEST_FILE = "split_manifest.csv"
 ONNX_FILE = "model.onnx"
+
+# Colour-constancy methods a model folder may ask for (transforms.ShadesOfGray implements the one).
+COLOR_CONSTANCY = ("none", "shades_of_gray")

@@ -77,7 +77,8 @@ def resolve_mixed_precision(setting: str) -> str:
 
 
 def preprocessing_of(cfg: TrainConfig) -> Preprocessing:
-    return Preprocessing(input_size=cfg.image_size, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation)
+    return Preprocessing(input_size=cfg.image_size, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation,
+                         color_constancy=cfg.color_constancy)
 
 
 def augmentation_of(cfg: TrainConfig) -> Augmentation:

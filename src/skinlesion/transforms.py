@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-from .constants import DEFAULT_CROP_PCT, DEFAULT_IMAGE_SIZE, DEFAULT_INTERPOLATION, DEFAULT_MEAN, DEFAULT_STD
+from .constants import COLOR_CONSTANCY, DEFAULT_CROP_PCT, DEFAULT_IMAGE_SIZE, DEFAULT_INTERPOLATION, DEFAULT_MEAN, DEFAULT_STD
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,10 @@ class Preprocessing:
     std: tuple[float, float, float] = DEFAULT_STD
     crop_pct: float = DEFAULT_CROP_PCT
     interpolation: str = DEFAULT_INTERPOLATION
+    # Per-image illuminant correction before normalisation ("none" or "shades_of_gray"). Dermatoscopes
+    # and cameras differ in white balance from clinic to clinic; normalising it is the standard defence
+    # (Barata et al. 2015; used by ISIC 2018/2019 winners) and costs nothing at inference.
+    color_constancy: str = "none"
 
     def __post_init__(self) -> None:
         if self.input_size < 1:
@@ -33,11 +37,13 @@ class Preprocessing:
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"mean and std need 3 values each, std positive; got {self.mean}, {self.std}")
         _interp(self.interpolation)  # fail here, not at the first batch
+        if self.color_constancy not in COLOR_CONSTANCY:
+            raise ValueError(f"color_constancy must be one of {COLOR_CONSTANCY}, got {self.color_constancy!r}")
 
     def to_timm(self) -> dict:
         return {"input_size": (3, self.input_size, self.input_size), "mean": tuple(self.mean),
                 "std": tuple(self.std), "crop_pct": self.crop_pct, "crop_mode": "center",
-                "interpolation": self.interpolation}
+                "interpolation": self.interpolation, "color_constancy": self.color_constancy}
 
     @classmethod
     def from_timm(cls, cfg: dict) -> Preprocessing:
@@ -51,7 +57,8 @@ class Preprocessing:
         return cls(input_size=int(size[-1]), mean=tuple(float(v) for v in cfg.get("mean", DEFAULT_MEAN)),
                    std=tuple(float(v) for v in cfg.get("std", DEFAULT_STD)),
                    crop_pct=float(cfg.get("crop_pct", DEFAULT_CROP_PCT)),
-                   interpolation=str(cfg.get("interpolation", DEFAULT_INTERPOLATION)))
+                   interpolation=str(cfg.get("interpolation", DEFAULT_INTERPOLATION)),
+                   color_constancy=str(cfg.get("color_constancy", "none")))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -79,8 +86,30 @@ def _interp(name: str) -> InterpolationMode:
         raise ValueError(f"unknown interpolation {name!r}; use bilinear, bicubic or nearest") from err
 
 
+class ShadesOfGray(torch.nn.Module):
+    """Shades-of-Gray colour constancy (Finlayson & Trezzi 2004) on uint8 (..., 3, H, W) images.
+
+    The illuminant of each channel is its Minkowski p-norm mean; each channel is scaled so the
+    illuminant becomes grey. p=6 is the value used for dermoscopy (Barata et al. 2015). Works per image
+    and returns uint8, so it can sit anywhere before the float conversion, in training and inference.
+    """
+
+    def __init__(self, power: float = 6.0) -> None:
+        super().__init__()
+        self.power = power
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        x = img.float()
+        illuminant = x.pow(self.power).mean(dim=(-2, -1), keepdim=True).pow(1.0 / self.power).clamp_min(1.0)
+        gain = illuminant.mean(dim=-3, keepdim=True) / illuminant
+        return (x * gain).round_().clamp_(0, 255).to(torch.uint8)
+
+
 def _to_float(pre: Preprocessing) -> list:
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(pre.mean), std=list(pre.std))]
+    # Colour constancy sits here, after the geometry, so the displayable crop (eval_geometry) keeps the
+    # photo's own colours while every path into the model (training, Predictor, evaluation) applies it.
+    constancy = [ShadesOfGray()] if pre.color_constancy == "shades_of_gray" else []
+    return [*constancy, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(pre.mean), std=list(pre.std))]
 
 
 def resize_size(pre: Preprocessing) -> int:
