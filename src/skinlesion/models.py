@@ -12,7 +12,7 @@ from collections import OrderedDict
 import timm
 import torch
 import torch.nn as nn
-from timm.layers import SEModule, SelectAdaptivePool2d
+from timm.layers import SelectAdaptivePool2d, SEModule
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.densenet import DenseNet
 

@@ -12,7 +12,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-from .constants import COLOR_CONSTANCY, DEFAULT_CROP_PCT, DEFAULT_IMAGE_SIZE, DEFAULT_INTERPOLATION, DEFAULT_MEAN, DEFAULT_STD
+from .constants import (
+    COLOR_CONSTANCY,
+    DEFAULT_CROP_PCT,
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_INTERPOLATION,
+    DEFAULT_MEAN,
+    DEFAULT_STD,
+)
 
 
 @dataclass(frozen=True)

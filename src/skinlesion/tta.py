@@ -66,7 +66,7 @@ def average_view_probs(probs: Tensor, n_views: int) -> tuple[Tensor, Tensor]:
 def undo_maps(maps: Tensor, views: tuple[View, ...]) -> Tensor:
     """(V*B, H, W) maps from `stack_views` order -> (V, B, H, W) in the original frame."""
     per_view = maps.reshape(len(views), -1, *maps.shape[-2:])
-    return torch.stack([v.undo(m) for v, m in zip(views, per_view)], dim=0)
+    return torch.stack([v.undo(m) for v, m in zip(views, per_view, strict=True)], dim=0)
 
 
 def tta_logits(model: torch.nn.Module, batch: Tensor, views: tuple[View, ...]) -> Tensor:
