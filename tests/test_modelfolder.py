@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from PIL import Image
 from synthetic_training import TINY_CNN, make_imagefolder, tiny_config
 
 from skinlesion import training
@@ -100,3 +101,22 @@ def test_four_unknown_folder_names_train_and_keep_their_names(tmp_path, monkeypa
         torch.testing.assert_close(loaded.model(x), in_memory(x), rtol=0, atol=0)
     assert loaded.model(x).shape == (2, 4)
     assert set(summary["best"]) >= {f"val_recall_{c}" for c in classes}
+
+
+def test_set_preprocessing_changes_the_input_size_and_voids_the_old_calibration(tiny_model_folder):
+    import dataclasses
+
+    from skinlesion.modelfolder import set_preprocessing, update_extras
+    from skinlesion.predictor import Predictor
+
+    update_extras(tiny_model_folder, temperature=1.7, ood={"score": "energy", "threshold": -3.0},
+                  calibration={"fitted_on": "val"})
+    before = load_model_folder(tiny_model_folder)
+    set_preprocessing(tiny_model_folder, dataclasses.replace(before.preprocessing, input_size=80))
+    after = load_model_folder(tiny_model_folder)
+    assert after.preprocessing.input_size == 80 and after.preprocessing.crop_pct == before.preprocessing.crop_pct
+    assert after.temperature == 1.0  # fitted at 64 px: meaningless at 80 until refitted
+    assert "ood" not in after.extras and "calibration" not in after.extras
+    assert torch.equal(next(iter(after.model.state_dict().values())), next(iter(before.model.state_dict().values())))
+    tensor, _ = Predictor(after).preprocess(Image.new("RGB", (200, 150), (180, 120, 100)))
+    assert tuple(tensor.shape[-2:]) == (80, 80)

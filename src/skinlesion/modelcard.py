@@ -128,6 +128,12 @@ def render_model_card(folder: str | Path) -> str:
         "",
         "The folder also loads in plain timm: `timm.create_model('local-dir:PATH', pretrained=True)` "
         "(for `densenet201_se` / `lesion_cnn`, `import skinlesion` first to register them).",
+        *([
+            "",
+            "Preprocessing includes Shades-of-Gray colour constancy (`color_constancy` in `config.json`): "
+            "`Predictor` applies it; timm's own `create_transform` does not know it, so with plain timm apply "
+            "`skinlesion.transforms.ShadesOfGray` to the uint8 image before normalising.",
+        ] if config["pretrained_cfg"].get("color_constancy", "none") != "none" else []),
         "",
         "## Training",
         "",

@@ -106,6 +106,23 @@ def update_extras(folder: str | Path, **updates: Any) -> dict:
     return config
 
 
+def set_preprocessing(folder: str | Path, preprocessing: Preprocessing) -> dict:
+    """Replace the folder's preprocessing (e.g. a test resolution chosen on the validation split).
+
+    A temperature fitted under the old preprocessing no longer applies, so it is reset to 1 and the
+    calibration record dropped: refit with `evaluate.py --fit-temperature`.
+    """
+    path = Path(folder) / MODEL_CONFIG_FILE
+    config = json.loads(path.read_text())
+    config["pretrained_cfg"] = {**config["pretrained_cfg"], **preprocessing.to_timm()}
+    extras = config.setdefault(SECTION, {})
+    extras["temperature"] = 1.0
+    for stale in ("calibration", "ood"):
+        extras.pop(stale, None)
+    _atomic_write_text(path, json.dumps(config, indent=2) + "\n")
+    return config
+
+
 def resolve_folder(source: str | Path, revision: str | None = None) -> Path:
     """A local folder as is; a Hub id downloaded (or taken from cache) with its revision pinned."""
     path = Path(str(source).removeprefix("local-dir:"))

@@ -1,0 +1,64 @@
+"""Pick the test-time input size of a trained model on its validation split (never on test data).
+
+    python scripts/choose_input_size.py --model runs/r18_80 --data ../shared/data/HAM10000 --sizes 80 96 112 [--write]
+
+Training crops (RandomResizedCrop, area 0.35-1) show lesions larger than the eval centre crop does, so
+a from-scratch CNN often scores better when evaluated a little above its training size ("FixRes",
+Touvron et al. 2019). This scores the validation split (the model folder's manifest, its own TTA
+mode) at each size and prints balanced accuracy, accuracy and NLL. --write stores the best size in
+config.json and resets the temperature: refit it afterwards with `evaluate.py --fit-temperature`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from skinlesion import calibration, metrics
+from skinlesion.constants import MANIFEST_FILE
+from skinlesion.data import load_table, read_manifest, select_split
+from skinlesion.evaluation import collect_view_logits
+from skinlesion.modelfolder import load_model_folder, set_preprocessing
+from skinlesion.predictor import Predictor
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="local model folder with its split_manifest.csv")
+    p.add_argument("--data", required=True)
+    p.add_argument("--sizes", type=int, nargs="+", required=True)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--write", action="store_true", help="store the best size in the model folder")
+    args = p.parse_args()
+
+    folder = Path(args.model)
+    loaded = load_model_folder(folder)
+    table = select_split(load_table(args.data), read_manifest(folder / MANIFEST_FILE), "val")
+    trained_at = loaded.preprocessing.input_size
+    rows = []
+    for size in args.sizes:
+        pre = dataclasses.replace(loaded.preprocessing, input_size=size)
+        predictor = Predictor(dataclasses.replace(loaded, preprocessing=pre))
+        views = collect_view_logits(predictor, table, predictor.tta, batch_size=64, workers=args.workers,
+                                    progress=False)
+        probs = calibration.calibrated_probs(views.logits, 1.0)
+        y = views.targets
+        summary = metrics.classification_summary(y.numpy(), probs.numpy(), list(loaded.label_names))
+        nll = float(torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), y))
+        rows.append({"input_size": size, "balanced_accuracy": summary["balanced_accuracy"],
+                     "accuracy": summary["accuracy"], "nll": nll})
+        print(json.dumps(rows[-1]), flush=True)
+    best = max(rows, key=lambda r: r["balanced_accuracy"])
+    print(f"trained at {trained_at}; best on validation ({len(table.frame)} images, TTA {predictor.tta}): "
+          f"{best['input_size']} px, balanced accuracy {best['balanced_accuracy']:.4f}")
+    if args.write and best["input_size"] != trained_at:
+        set_preprocessing(folder, dataclasses.replace(loaded.preprocessing, input_size=best["input_size"]))
+        print(f"wrote input_size {best['input_size']} to {folder}/config.json; now refit the temperature")
+
+
+if __name__ == "__main__":
+    main()
