@@ -89,6 +89,14 @@ def _training_time(folder: Path) -> list[str]:
     return [f"- Training time: {summary.get('train_minutes')} min for {summary.get('epochs_run')} epochs ({machine})."]
 
 
+def _input_size_note(train_cfg: dict, size: int) -> str:
+    trained = train_cfg.get("image_size", size)
+    if trained == size:
+        return f"input {size} px"
+    # scripts/choose_input_size.py: the serving size was picked on the validation split.
+    return f"trained on {trained} px crops, served at {size} px (chosen on the validation split)"
+
+
 def render_model_card(folder: str | Path) -> str:
     folder = Path(folder)
     config = json.loads((folder / MODEL_CONFIG_FILE).read_text())
@@ -139,7 +147,7 @@ def render_model_card(folder: str | Path) -> str:
         "",
         f"- Architecture `{config['architecture']}` trained from "
         f"{'ImageNet weights' if train_cfg.get('pretrained') else 'scratch (no pretrained weights)'}, "
-        f"input {size} px, {train_cfg.get('epochs', '?')} epochs max, loss `{train_cfg.get('loss')}`, "
+        f"{_input_size_note(train_cfg, size)}, {train_cfg.get('epochs', '?')} epochs max, loss `{train_cfg.get('loss')}`, "
         f"sampling `{train_cfg.get('sampling')}`, EMA {'on' if train_cfg.get('ema') else 'off'}, seed {train_cfg.get('seed')}.",
         *_training_time(folder),
         f"- Split: lesion-grouped, stratified (manifest `split_manifest.csv`, sha256 `{str(extras.get('manifest_sha256'))[:12]}…`).",
