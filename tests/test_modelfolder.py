@@ -6,6 +6,7 @@ import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -120,3 +121,26 @@ def test_set_preprocessing_changes_the_input_size_and_voids_the_old_calibration(
     assert torch.equal(next(iter(after.model.state_dict().values())), next(iter(before.model.state_dict().values())))
     tensor, _ = Predictor(after).preprocess(Image.new("RGB", (200, 150), (180, 120, 100)))
     assert tuple(tensor.shape[-2:]) == (80, 80)
+
+
+def test_color_constancy_travels_from_the_training_config_to_the_predictor(tiny_model_folder):
+    import dataclasses
+
+    from skinlesion.modelfolder import set_preprocessing
+    from skinlesion.predictor import Predictor
+    from skinlesion.transforms import ShadesOfGray, eval_geometry
+
+    cfg = tiny_config(Path("data"), Path("out"), color_constancy="shades_of_gray")
+    assert training.preprocessing_of(cfg).color_constancy == "shades_of_gray"
+    plain = load_model_folder(tiny_model_folder)
+    set_preprocessing(tiny_model_folder, dataclasses.replace(plain.preprocessing, color_constancy="shades_of_gray"))
+    corrected = Predictor.from_pretrained(tiny_model_folder)
+    assert json.loads((tiny_model_folder / "config.json").read_text())["pretrained_cfg"]["color_constancy"] == "shades_of_gray"
+    img = Image.new("RGB", (120, 90), (200, 140, 90))  # strong warm cast
+    x, shown = corrected.preprocess(img)
+    crop = eval_geometry(corrected.preprocessing)(img)
+    assert np.array_equal(np.asarray(shown), crop.permute(1, 2, 0).numpy())  # the user sees the photo's own colours
+    expected = ShadesOfGray()(crop).float() / 255
+    mean = torch.tensor(corrected.preprocessing.mean).view(3, 1, 1)
+    std = torch.tensor(corrected.preprocessing.std).view(3, 1, 1)
+    torch.testing.assert_close(x, (expected - mean) / std)  # the model sees the corrected ones
