@@ -38,7 +38,6 @@ class TrainConfig:
     image_size: int = DEFAULT_IMAGE_SIZE
     crop_pct: float = DEFAULT_CROP_PCT
     interpolation: str = DEFAULT_INTERPOLATION
-    color_constancy: str = "none"        # none or shades_of_gray: stored in the model folder, applied at inference
     color_constancy: str = "none"        # none or shades_of_gray (stored in the model folder, applied at inference)
     scale_min: float = 0.35              # RandomResizedCrop lower area bound
     rotate_degrees: float = 0.0          # arbitrary-angle rotation before the crop; 90-degree turns are always on

@@ -138,10 +138,10 @@ def render_model_card(folder: str | Path) -> str:
         "(for `densenet201_se` / `lesion_cnn`, `import skinlesion` first to register them).",
         *([
             "",
-            "Preprocessing includes Shades-of-Gray colour constancy (`color_constancy` in `config.json`): "
+            "Preprocessing includes Shades-of-Gray colour constancy (`skinlesion.color_constancy` in `config.json`): "
             "`Predictor` applies it; timm's own `create_transform` does not know it, so with plain timm apply "
             "`skinlesion.transforms.ShadesOfGray` to the uint8 image before normalising.",
-        ] if config["pretrained_cfg"].get("color_constancy", "none") != "none" else []),
+        ] if config.get("skinlesion", {}).get("color_constancy", "none") != "none" else []),
         "",
         "## Training",
         "",

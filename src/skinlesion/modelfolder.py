@@ -65,7 +65,10 @@ def build_config(architecture: str, label_names: list[str], preprocessing: Prepr
         "label_descriptions": {n: describe_label(n).name for n in label_names},
         "pretrained_cfg": {**preprocessing.to_timm(), "num_classes": len(label_names)},
         "model_args": dict(model_args or {}),
-        SECTION: {"format_version": FORMAT_VERSION, **(extras or {})},
+        # Not inside pretrained_cfg: timm's PretrainedCfg rejects unknown keys, which would break
+        # `timm.create_model("local-dir:...", pretrained=True)` and hf-hub: loading.
+        SECTION: {"format_version": FORMAT_VERSION, "color_constancy": preprocessing.color_constancy,
+                  **(extras or {})},
     }
 
 
@@ -116,6 +119,7 @@ def set_preprocessing(folder: str | Path, preprocessing: Preprocessing) -> dict:
     config = json.loads(path.read_text())
     config["pretrained_cfg"] = {**config["pretrained_cfg"], **preprocessing.to_timm()}
     extras = config.setdefault(SECTION, {})
+    extras["color_constancy"] = preprocessing.color_constancy
     extras["temperature"] = 1.0
     for stale in ("calibration", "ood"):
         extras.pop(stale, None)
@@ -203,9 +207,11 @@ def load_model_folder(source: str | Path, *, revision: str | None = None, device
     if device is not None:
         model.to(device)
     labels = config.get("label_names") or config["pretrained_cfg"]["label_names"]
+    extras = dict(config.get(SECTION, {}))
     return LoadedModel(model=model, architecture=arch, label_names=list(labels),
-                       preprocessing=Preprocessing.from_timm(config["pretrained_cfg"]),
-                       extras=dict(config.get(SECTION, {})), source=str(source))
+                       preprocessing=Preprocessing.from_timm(config["pretrained_cfg"],
+                                                             extras.get("color_constancy", "none")),
+                       extras=extras, source=str(source))
 
 
 def copy_folder(src: str | Path, dst: str | Path) -> None:

@@ -50,10 +50,12 @@ class Preprocessing:
     def to_timm(self) -> dict:
         return {"input_size": (3, self.input_size, self.input_size), "mean": tuple(self.mean),
                 "std": tuple(self.std), "crop_pct": self.crop_pct, "crop_mode": "center",
-                "interpolation": self.interpolation, "color_constancy": self.color_constancy}
+                "interpolation": self.interpolation}
 
     @classmethod
-    def from_timm(cls, cfg: dict) -> Preprocessing:
+    def from_timm(cls, cfg: dict, color_constancy: str = "none") -> Preprocessing:
+        """From timm's pretrained_cfg; colour constancy is not a timm field (timm's PretrainedCfg rejects
+        unknown keys), so the model folder keeps it beside pretrained_cfg and passes it in here."""
         size = cfg.get("input_size", (3, DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE))
         if isinstance(size, int):
             size = (3, size, size)
@@ -65,7 +67,7 @@ class Preprocessing:
                    std=tuple(float(v) for v in cfg.get("std", DEFAULT_STD)),
                    crop_pct=float(cfg.get("crop_pct", DEFAULT_CROP_PCT)),
                    interpolation=str(cfg.get("interpolation", DEFAULT_INTERPOLATION)),
-                   color_constancy=str(cfg.get("color_constancy", "none")))
+                   color_constancy=str(color_constancy))
 
     def as_dict(self) -> dict:
         return asdict(self)
