@@ -8,7 +8,9 @@ number of optimiser steps (the same number of training images seen), one torch t
 worker; the table reports validation balanced accuracy (no TTA), wall time and CPU time. CPU time
 (this process and its finished loader workers) is what to compare when the machine is shared: wall
 time then depends on the other load. A killed comparison resumes: finished candidates are kept in
-results.json and an interrupted one continues from its last checkpoint.
+results.json and an interrupted one continues from its last checkpoint. Several comparisons may share
+one --out (e.g. one process per core, each with its own recipes): results.json is updated under a file
+lock and the table lists every finished candidate.
 
 --external DATA also scores every candidate (no TTA) on a dataset from another clinic, e.g.
 ../shared/data/ISIC2017_test, on the classes it has: validation accuracy alone cannot show which
@@ -18,7 +20,10 @@ choices transfer.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
+import os
 import platform
 import resource
 import time
@@ -45,6 +50,24 @@ def _score_external(folder: Path, data: str) -> dict:
             "external_melanoma_auc": report["per_class"].get("mel", {}).get("auc")}
 
 
+@contextlib.contextmanager
+def _locked_rows(results_path: Path):
+    """Read-modify-write results.json under a lock, so parallel comparisons sharing --out keep every row."""
+    with open(results_path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = json.loads(results_path.read_text()) if results_path.exists() else []
+        yield rows
+        tmp = results_path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(rows, indent=2))
+        os.replace(tmp, results_path)
+
+
+def _upsert(results_path: Path, row: dict) -> list[dict]:
+    with _locked_rows(results_path) as rows:
+        rows[:] = [r for r in rows if r["recipe"] != row["recipe"]] + [row]
+    return rows
+
+
 def _fmt(value) -> str:
     return "" if value is None else f"{value:.3f}"
 
@@ -69,13 +92,13 @@ def main() -> None:
     if not manifest.exists():
         table = load_table(args.data)
         dup = Path(table.root) / "duplicate_lesion_pairs.csv"
+        tmp = out / f".split_manifest.{os.getpid()}.csv"
         write_manifest(lesion_grouped_split(table, val=0.1, test=0.1, seed=args.seed,
-                                            duplicate_pairs=read_duplicate_pairs(dup) if dup.exists() else None), manifest)
-    rows = []
+                                            duplicate_pairs=read_duplicate_pairs(dup) if dup.exists() else None), tmp)
+        os.replace(tmp, manifest)  # a parallel comparison never reads half a manifest
     results_path = out / "results.json"
-    if results_path.exists():
-        rows = json.loads(results_path.read_text())
-    done = {r["recipe"] for r in rows}
+    with _locked_rows(results_path) as rows:
+        done = {r["recipe"] for r in rows}
     for recipe in args.recipes:
         if recipe in done:
             continue
@@ -87,23 +110,28 @@ def main() -> None:
                                      "early_stopping": 0, "workers": 1, "resume": True})
         t0, cpu0 = time.time(), _cpu_seconds()
         summary = train(cfg)
-        rows.append({"recipe": recipe, "model": cfg.model, "image_size": cfg.image_size, "loss": cfg.loss,
-                     "sampling": cfg.sampling, "val_balanced_accuracy": summary["best"]["val_balanced_accuracy"],
-                     "val_accuracy": summary["best"]["val_accuracy"], "best_epoch": summary["best"]["epoch"],
-                     "minutes": round((time.time() - t0) / 60, 1),
-                     "cpu_minutes": round((_cpu_seconds() - cpu0) / 60, 1)})
-        results_path.write_text(json.dumps(rows, indent=2))
-    if args.external:
-        for r in rows:
-            if r.get("external") != args.external:
-                r.update(external=args.external, **_score_external(out / Path(r["recipe"]).stem, args.external))
-                results_path.write_text(json.dumps(rows, indent=2))
+        row = {"recipe": recipe, "model": cfg.model, "image_size": cfg.image_size, "loss": cfg.loss,
+               "sampling": cfg.sampling, "color_constancy": cfg.color_constancy,
+               "val_balanced_accuracy": summary["best"]["val_balanced_accuracy"],
+               "val_accuracy": summary["best"]["val_accuracy"], "best_epoch": summary["best"]["epoch"],
+               "minutes": round((time.time() - t0) / 60, 1),
+               "cpu_minutes": round((_cpu_seconds() - cpu0) / 60, 1)}
+        if args.external:
+            row.update(external=args.external, **_score_external(out / name, args.external))
+        rows = _upsert(results_path, row)
+    if args.external:  # this process's candidates that finished before --external was given
+        for r in [r for r in rows if r["recipe"] in args.recipes and r.get("external") != args.external]:
+            r.update(external=args.external, **_score_external(out / Path(r["recipe"]).stem, args.external))
+            rows = _upsert(results_path, r)
+    with _locked_rows(results_path) as rows:  # the table shows parallel comparisons' rows too
+        pass
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     lines = [f"Budget: {args.epochs} x {args.limit_train_batches} batches of {args.batch_size}, seed {args.seed}; {machine}", "",
-             "| recipe | model | px | loss | sampling | val bal. acc. | val acc. | wall min | CPU min | ext. bal. acc. | ext. mel AUC |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| recipe | model | px | loss | sampling | colour const. | val bal. acc. | val acc. | wall min | CPU min | ext. bal. acc. | ext. mel AUC |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: -r["val_balanced_accuracy"]):
         lines.append(f"| {Path(r['recipe']).stem} | {r['model']} | {r['image_size']} | {r['loss']} | {r['sampling']} | "
+                     f"{r.get('color_constancy', 'none')} | "
                      f"{r['val_balanced_accuracy']:.3f} | {r['val_accuracy']:.3f} | {r['minutes']} | {r.get('cpu_minutes', '')} | "
                      f"{_fmt(r.get('external_balanced_accuracy'))} | {_fmt(r.get('external_melanoma_auc'))} |")
     if args.external:
