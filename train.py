@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 
 from skinlesion.config import build_parser, config_from_args
@@ -18,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from skinlesion.training import train
 
-    summary = train(cfg)
+    summary = train(cfg, command=shlex.join(["python", "train.py", *(sys.argv[1:] if argv is None else argv)]))
     print(json.dumps(summary, indent=2))
     return 0
 

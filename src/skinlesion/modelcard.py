@@ -86,7 +86,10 @@ def _training_time(folder: Path) -> list[str]:
         return []
     summary = json.loads(path.read_text())
     machine = summary.get("machine", "2 CPU cores, no GPU, shared with other work")
-    return [f"- Training time: {summary.get('train_minutes')} min for {summary.get('epochs_run')} epochs ({machine})."]
+    lines = [f"- Training time: {summary.get('train_minutes')} min for {summary.get('epochs_run')} epochs ({machine})."]
+    if summary.get("command"):
+        lines.append(f"- Command: `{summary['command']}`")
+    return lines
 
 
 def _input_size_note(train_cfg: dict, size: int) -> str:

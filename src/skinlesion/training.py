@@ -15,6 +15,7 @@ import csv
 import json
 import math
 import os
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -411,7 +412,7 @@ def _patience_exhausted(cfg: TrainConfig, history: list[dict], best: dict) -> bo
     return bool(cfg.early_stopping and history and len(history) - best["epoch"] >= cfg.early_stopping)
 
 
-def train(cfg: TrainConfig) -> dict:
+def train(cfg: TrainConfig, command: str | None = None) -> dict:
     """Train, keep the best model by validation balanced accuracy, write the model folder; returns the summary."""
     accelerator = make_accelerator(cfg)
     is_main = accelerator.is_main_process
@@ -526,7 +527,8 @@ def train(cfg: TrainConfig) -> dict:
         save_ckpt(epoch + 1, 0)
 
     summary = {"best": best, "train_minutes": round((time.time() - train_start) / 60, 1), "epochs_run": len(history),
-               "num_processes": accelerator.num_processes}
+               "num_processes": accelerator.num_processes, "machine": describe_machine(accelerator.device),
+               **({"command": command} if command else {})}  # the card shows how to reproduce the run
     accelerator.wait_for_everyone()  # the model folder is complete before anyone reads it
     summary.update(finalize(cfg, accelerator, split, val_loader) if best["epoch"] > 0 else {})
     if is_main:
@@ -538,6 +540,13 @@ def train(cfg: TrainConfig) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
+
+
+def describe_machine(device: torch.device) -> str:
+    """What the training time was measured on, for the model card (times mean little without it)."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU, {torch.get_num_threads()} torch threads"
 
 
 def _extras(cfg: TrainConfig, split: SplitData, best: dict, temperature: float) -> dict:
