@@ -154,7 +154,9 @@ def render_model_card(folder: str | Path) -> str:
         f"sampling `{train_cfg.get('sampling')}`, EMA {'on' if train_cfg.get('ema') else 'off'}, seed {train_cfg.get('seed')}.",
         *_training_time(folder),
         f"- Split: lesion-grouped, stratified (manifest `split_manifest.csv`, sha256 `{str(extras.get('manifest_sha256'))[:12]}…`).",
-        f"- Best validation epoch {val.get('epoch')}: balanced accuracy {_fmt(val.get('val_balanced_accuracy'))}, "
+        (f"- Weights of epoch {val.get('epoch')}, exported from checkpoint {extras['exported_from']} "
+         "(`scripts/export_checkpoint.py`, chosen on the validation split with the shipped TTA); its validation "
+         if extras.get("exported_from") else f"- Best validation epoch {val.get('epoch')}: ") + f"balanced accuracy {_fmt(val.get('val_balanced_accuracy'))}, "
         f"accuracy {_fmt(val.get('val_accuracy'))}, macro F1 {_fmt(val.get('val_macro_f1'))} (no TTA).",
         f"- Calibration: temperature {_fmt(extras.get('temperature'))} fitted on the validation split "
         f"(TTA `{calib.get('tta', extras.get('tta'))}`), ECE {_fmt(calib.get('ece_before'))} -> {_fmt(calib.get('ece_after'))} on validation.",

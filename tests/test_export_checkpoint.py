@@ -1,0 +1,48 @@
+"""scripts/export_checkpoint.py: the last checkpoint's EMA weights become a complete model folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from synthetic_training import make_imagefolder, tiny_config
+
+from skinlesion.checkpoint import latest_checkpoint
+from skinlesion.modelfolder import load_model_folder
+from skinlesion.training import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_last_checkpoint_exports_as_a_model_folder_with_its_own_epoch_metrics(tmp_path):
+    data = make_imagefolder(tmp_path / "data", per_class=8)
+    run = tmp_path / "run"
+    train(tiny_config(data, run, epochs=3, ema=True, ema_decay=0.9))
+    out = tmp_path / "last"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "export_checkpoint.py"), "--run", str(run),
+                           "--out", str(out)], capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""})
+    assert proc.returncode == 0, proc.stderr
+
+    ema = load_file(str(latest_checkpoint(run / "checkpoints") / "ema.safetensors"))
+    exported = load_model_folder(out)
+    for name, value in exported.model.state_dict().items():
+        assert torch.equal(value, ema[name]), name
+    source = load_model_folder(run)
+    assert exported.preprocessing == source.preprocessing and exported.label_names == source.label_names
+    extras = json.loads((out / "config.json").read_text())["skinlesion"]
+    last = list(csv.DictReader((run / "history.csv").open()))[-1]
+    assert extras["val_metrics"]["epoch"] == 3 == int(last["epoch"])  # the exported epoch's row, not the best one's
+    assert extras["val_metrics"]["val_balanced_accuracy"] == float(last["val_balanced_accuracy"])
+    assert extras["temperature"] == 1.0 and "ood" not in extras  # fitted for other weights: refit on val
+    assert (out / "split_manifest.csv").read_bytes() == (run / "split_manifest.csv").read_bytes()
+
+    missing = subprocess.run([sys.executable, str(ROOT / "scripts" / "export_checkpoint.py"), "--run",
+                              str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")], capture_output=True,
+                             text=True, timeout=300, env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""})
+    assert missing.returncode != 0 and "no complete checkpoint" in missing.stderr
