@@ -1,6 +1,6 @@
 """Turn a training checkpoint (e.g. the last epoch's EMA weights) into a model folder beside the run's own.
 
-    python scripts/export_checkpoint.py --run runs/r18_80 --out runs/r18_80_last [--checkpoint STEP_DIR] [--raw]
+    python scripts/export_checkpoint.py --run runs/r18_80 --out runs/r18_80_last [--checkpoint STEP_DIR] [--raw] [--half]
 
 train.py keeps the epoch with the best validation balanced accuracy *without TTA*; on a noisy ~1,000-image
 validation split that is often a mid-training epoch at high learning rate, while the end of the cosine
@@ -9,6 +9,8 @@ schedule has lower validation loss. Exporting the last checkpoint lets `choose_i
 The exported folder keeps the run's config (architecture, preprocessing, training config), takes the
 checkpoint's EMA weights (or the raw weights with --raw), and records that epoch's validation row from
 history.csv; temperature and OOD threshold are reset: refit them with `evaluate.py --fit-temperature`.
+--half stores float16 weights (half the size: a ResNet-18 fits the 30 MB budget of weights/); the
+model folder loader casts them back to float32, so inference is unchanged up to rounding.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--checkpoint", help="a checkpoint step folder (default: the run's latest complete one)")
     p.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA weights")
+    p.add_argument("--half", action="store_true", help="store float16 weights")
     args = p.parse_args()
 
     run, out = Path(args.run), Path(args.out)
@@ -55,6 +58,8 @@ def main() -> None:
                   val_metrics={**{k: float(v) for k, v in row.items() if k.startswith("val_")}, "epoch": epoch})
     model = template.model
     model.load_state_dict(load_file(str(weights)), strict=True)
+    if args.half:
+        model.half()
     save_model_folder(out, model, architecture=template.architecture, label_names=list(template.label_names),
                       preprocessing=template.preprocessing, model_args=config.get("model_args", {}), extras=extras)
     for name in (MANIFEST_FILE, "history.csv", "history.png"):

@@ -42,6 +42,17 @@ def test_last_checkpoint_exports_as_a_model_folder_with_its_own_epoch_metrics(tm
     assert extras["temperature"] == 1.0 and "ood" not in extras  # fitted for other weights: refit on val
     assert (out / "split_manifest.csv").read_bytes() == (run / "split_manifest.csv").read_bytes()
 
+    half = subprocess.run([sys.executable, str(ROOT / "scripts" / "export_checkpoint.py"), "--run", str(run),
+                           "--out", str(tmp_path / "half"), "--half"], capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""})
+    assert half.returncode == 0, half.stderr
+    assert all(v.dtype == torch.float16 for v in load_file(str(tmp_path / "half" / "model.safetensors")).values()
+               if v.is_floating_point())
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # loads back as float32 and predicts as the float32 export, up to fp16 rounding
+        torch.testing.assert_close(load_model_folder(tmp_path / "half").model(x), exported.model(x),
+                                   rtol=0.02, atol=0.02)
+
     missing = subprocess.run([sys.executable, str(ROOT / "scripts" / "export_checkpoint.py"), "--run",
                               str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")], capture_output=True,
                              text=True, timeout=300, env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""})

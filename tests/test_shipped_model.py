@@ -42,3 +42,25 @@ def test_shipped_model_folder_is_complete_and_loads():
     assert len(predictor.label_names) == 7
     assert predictor.loaded.extras["ood"]["threshold"] is not None
     assert 0.05 < predictor.loaded.temperature < 20
+
+
+def test_shipped_model_card_is_rendered_from_the_shipped_reports():
+    """weights/README.md is exactly what the reports render to: no hand-edited (or stale) number in the card."""
+    from skinlesion.modelcard import render_model_card
+
+    assert (WEIGHTS / "README.md").read_text() == render_model_card(WEIGHTS)
+    reference = json.loads(REFERENCE.read_text())
+    assert f"| {reference['balanced_accuracy']:.4f} |" in (WEIGHTS / "README.md").read_text()
+
+
+def test_quality_bar_rows_show_a_near_miss_as_a_miss(tmp_path):
+    from skinlesion.modelcard import _quality_bars
+
+    (tmp_path / "eval" / "ham10000_test").mkdir(parents=True)
+    (tmp_path / "eval" / "ham10000_test" / "report.json").write_text(json.dumps(
+        {"balanced_accuracy": 0.71, "ece": 0.05004, "per_class": {"mel": {"auc": 0.9}}}))
+    rows = "\n".join(_quality_bars(tmp_path))
+    assert "| balanced accuracy | >= 0.7 | 0.7100 | yes |" in rows
+    assert "| melanoma AUC (one-vs-rest) | >= 0.9 | 0.9000 | yes |" in rows
+    assert "| ECE after calibration | <= 0.05 | 0.0500 | **no** |" in rows
+    assert "does not reach the floor for: ECE after calibration." in rows

@@ -72,7 +72,8 @@ def _quality_bars(folder: Path) -> list[str]:
         met = value is not None and (value >= floor if op == ">=" else value <= floor)
         if not met:
             missed.append(name)
-        lines.append(f"| {name} | {op} {floor} | {_fmt(value)} | {'yes' if met else '**no**'} |")
+        shown = "n/a" if value is None else f"{value:.4f}"  # 4 places: a miss by 0.0001 must not read as "0.050, no"
+        lines.append(f"| {name} | {op} {floor} | {shown} | {'yes' if met else '**no**'} |")
     lines.append("")
     if missed:
         lines += [f"**This model does not reach the floor for: {', '.join(missed)}.** It is shipped because it is "
@@ -89,6 +90,7 @@ def _training_time(folder: Path) -> list[str]:
     lines = [f"- Training time: {summary.get('train_minutes')} min for {summary.get('epochs_run')} epochs ({machine})."]
     if summary.get("command"):
         lines.append(f"- Command: `{summary['command']}`")
+    lines += [f"- Then: `{c}`" for c in summary.get("post_training", [])]  # export, serving size, calibration
     return lines
 
 
