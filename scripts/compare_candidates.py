@@ -51,20 +51,23 @@ def _score_external(folder: Path, data: str) -> dict:
 
 
 @contextlib.contextmanager
-def _locked_rows(results_path: Path):
-    """Read-modify-write results.json under a lock, so parallel comparisons sharing --out keep every row."""
+def _lock(results_path: Path):
     with open(results_path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        rows = json.loads(results_path.read_text()) if results_path.exists() else []
-        yield rows
-        tmp = results_path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(rows, indent=2))
-        os.replace(tmp, results_path)
+        yield
+
+
+def _read_rows(results_path: Path) -> list[dict]:
+    return json.loads(results_path.read_text()) if results_path.exists() else []
 
 
 def _upsert(results_path: Path, row: dict) -> list[dict]:
-    with _locked_rows(results_path) as rows:
-        rows[:] = [r for r in rows if r["recipe"] != row["recipe"]] + [row]
+    """Read-modify-write results.json under a lock, so parallel comparisons sharing --out keep every row."""
+    with _lock(results_path):
+        rows = [r for r in _read_rows(results_path) if r["recipe"] != row["recipe"]] + [row]
+        tmp = results_path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(rows, indent=2))
+        os.replace(tmp, results_path)  # readers never see half a file, so they need no lock
     return rows
 
 
@@ -97,8 +100,8 @@ def main() -> None:
                                             duplicate_pairs=read_duplicate_pairs(dup) if dup.exists() else None), tmp)
         os.replace(tmp, manifest)  # a parallel comparison never reads half a manifest
     results_path = out / "results.json"
-    with _locked_rows(results_path) as rows:
-        done = {r["recipe"] for r in rows}
+    rows = _read_rows(results_path)
+    done = {r["recipe"] for r in rows}
     for recipe in args.recipes:
         if recipe in done:
             continue
@@ -123,8 +126,7 @@ def main() -> None:
         for r in [r for r in rows if r["recipe"] in args.recipes and r.get("external") != args.external]:
             r.update(external=args.external, **_score_external(out / Path(r["recipe"]).stem, args.external))
             rows = _upsert(results_path, r)
-    with _locked_rows(results_path) as rows:  # the table shows parallel comparisons' rows too
-        pass
+    rows = _read_rows(results_path)  # the table shows parallel comparisons' rows too
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     lines = [f"Budget: {args.epochs} x {args.limit_train_batches} batches of {args.batch_size}, seed {args.seed}; {machine}", "",
              "| recipe | model | px | loss | sampling | colour const. | val bal. acc. | val acc. | wall min | CPU min | ext. bal. acc. | ext. mel AUC |",

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from synthetic_training import make_imagefolder, tiny_config
@@ -16,18 +17,20 @@ from skinlesion.checkpoint import latest_checkpoint
 from skinlesion.modelfolder import load_model_folder
 from skinlesion.training import train
 
-ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "export_checkpoint.py"
 
 
-def test_last_checkpoint_exports_as_a_model_folder_with_its_own_epoch_metrics(tmp_path):
+def export(monkeypatch, *args: str) -> None:
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *args])
+    runpy.run_path(str(SCRIPT), run_name="__main__")
+
+
+def test_last_checkpoint_exports_as_a_model_folder_with_its_own_epoch_metrics(tmp_path, monkeypatch):
     data = make_imagefolder(tmp_path / "data", per_class=8)
     run = tmp_path / "run"
     train(tiny_config(data, run, epochs=3, ema=True, ema_decay=0.9))
     out = tmp_path / "last"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "export_checkpoint.py"), "--run", str(run),
-                           "--out", str(out)], capture_output=True, text=True, timeout=300,
-                          env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""})
-    assert proc.returncode == 0, proc.stderr
+    export(monkeypatch, "--run", str(run), "--out", str(out))
 
     ema = load_file(str(latest_checkpoint(run / "checkpoints") / "ema.safetensors"))
     exported = load_model_folder(out)
@@ -42,10 +45,7 @@ def test_last_checkpoint_exports_as_a_model_folder_with_its_own_epoch_metrics(tm
     assert extras["temperature"] == 1.0 and "ood" not in extras  # fitted for other weights: refit on val
     assert (out / "split_manifest.csv").read_bytes() == (run / "split_manifest.csv").read_bytes()
 
-    half = subprocess.run([sys.executable, str(ROOT / "scripts" / "export_checkpoint.py"), "--run", str(run),
-                           "--out", str(tmp_path / "half"), "--half"], capture_output=True, text=True, timeout=300,
-                          env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""})
-    assert half.returncode == 0, half.stderr
+    export(monkeypatch, "--run", str(run), "--out", str(tmp_path / "half"), "--half")
     assert all(v.dtype == torch.float16 for v in load_file(str(tmp_path / "half" / "model.safetensors")).values()
                if v.is_floating_point())
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -53,7 +53,5 @@ def test_last_checkpoint_exports_as_a_model_folder_with_its_own_epoch_metrics(tm
         torch.testing.assert_close(load_model_folder(tmp_path / "half").model(x), exported.model(x),
                                    rtol=0.02, atol=0.02)
 
-    missing = subprocess.run([sys.executable, str(ROOT / "scripts" / "export_checkpoint.py"), "--run",
-                              str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")], capture_output=True,
-                             text=True, timeout=300, env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""})
-    assert missing.returncode != 0 and "no complete checkpoint" in missing.stderr
+    with pytest.raises(SystemExit, match="no complete checkpoint"):
+        export(monkeypatch, "--run", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"))

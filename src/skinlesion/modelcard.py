@@ -86,7 +86,7 @@ def _training_time(folder: Path) -> list[str]:
     if not path.is_file():
         return []
     summary = json.loads(path.read_text())
-    machine = summary.get("machine", "2 CPU cores, no GPU, shared with other work")
+    machine = summary.get("machine", "machine not recorded")
     lines = [f"- Training time: {summary.get('train_minutes')} min for {summary.get('epochs_run')} epochs ({machine})."]
     if summary.get("command"):
         lines.append(f"- Command: `{summary['command']}`")
