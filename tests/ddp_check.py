@@ -54,7 +54,7 @@ def shard_and_sync(cfg, report: dict) -> None:
     report["rank"] = accelerator.process_index
     report["distributed_type"] = str(accelerator.distributed_type)
     split = training.prepare_split(cfg, is_main=accelerator.is_main_process)
-    train_ds, val_ds = training.build_datasets(cfg, split, progress=False)
+    train_ds, val_ds = training.build_datasets(cfg, split, training.preprocessing_of(cfg), progress=False)
     generator = torch.Generator().manual_seed(cfg.seed)
     state, train_loader, _, _ = training.build_step_state(
         cfg, split.classes, train_ds.targets, accelerator,

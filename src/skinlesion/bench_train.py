@@ -33,6 +33,7 @@ from .training import (
     make_accelerator,
     make_loader,
     prepare_split,
+    preprocessing_of,
     train_step,
 )
 
@@ -106,7 +107,7 @@ def run(model: str, image_size: int, *, batch_size: int = 64, steps: int = 20, w
         accelerator = make_accelerator(cfg)
         torch.manual_seed(cfg.seed)
         split = prepare_split(cfg, is_main=accelerator.is_main_process)
-        train_ds, val_ds = build_datasets(cfg, split, progress=False)
+        train_ds, val_ds = build_datasets(cfg, split, preprocessing_of(cfg), progress=False)
         generator = torch.Generator().manual_seed(cfg.seed)
         state, train_loader, _, batches_per_epoch = build_step_state(
             cfg, split.classes, train_ds.targets, accelerator,

@@ -30,7 +30,10 @@ class TrainConfig:
     skip_bad: bool = False               # skip (and count) unreadable images / unknown labels instead of failing
     # --- model
     model: str = "resnet18"              # any timm name, or densenet201_se / lesion_cnn
-    pretrained: bool = False             # ImageNet weights (needs the Hub)
+    pretrained: bool = False             # ImageNet weights from the Hub (timm's default tag for `model`)
+    # ImageNet weights from a local timm state dict instead (.safetensors/.pth), loaded through timm's
+    # pretrained_cfg_overlay=dict(file=...): no network, head resized by timm, mean/std follow the weights.
+    pretrained_file: str | None = None
     init_from: str | None = None         # fine-tune from one of our model folders or a Hub id
     drop_rate: float = 0.2               # dropout before the classifier
     model_args: dict = field(default_factory=dict)  # extra timm kwargs, e.g. {"drop_path_rate": 0.05}
@@ -49,6 +52,9 @@ class TrainConfig:
     batch_size: int = 64                 # per process
     lr: float = 2e-3                     # peak AdamW learning rate (for batch_size x processes x grad_accum)
     weight_decay: float = 0.05
+    # timm's layer-wise learning-rate decay: the head trains at lr, each earlier layer group at lr * decay^depth,
+    # so fine-tuning moves ImageNet features less than the fresh head. None = one lr for all.
+    layer_decay: float | None = None
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.01           # cosine floor as a fraction of lr
     grad_clip: float = 1.0               # max grad norm; 0 disables
@@ -98,6 +104,12 @@ class TrainConfig:
             problems.append(f"color_constancy must be one of {COLOR_CONSTANCY}, got {self.color_constancy!r}")
         if not 0 < self.crop_pct <= 1:
             problems.append(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        if self.pretrained and self.pretrained_file:
+            problems.append("pretrained (Hub weights) and pretrained_file (a local file) exclude each other")
+        if (self.pretrained or self.pretrained_file) and self.init_from:
+            problems.append("init_from starts from one of our folders; it excludes pretrained / pretrained_file")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            problems.append(f"layer_decay must be in (0, 1], got {self.layer_decay}")
         if self.lr <= 0:
             problems.append("lr must be positive")
         if not 0 < self.scale_min <= 1:
@@ -155,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--model", help="timm model name, densenet201_se or lesion_cnn")
     g.add_argument("--pretrained", action=bool_flag, default=None, help="start from ImageNet weights (needs the Hub)")
+    g.add_argument("--pretrained-file", metavar="PATH",
+                   help="start from ImageNet weights in a local timm state dict (.safetensors/.pth); works offline")
     g.add_argument("--init-from", help="fine-tune from a model folder or Hub id of ours")
     g.add_argument("--drop-rate", type=float)
 
@@ -173,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float)
     g.add_argument("--weight-decay", type=float)
+    g.add_argument("--layer-decay", type=float, help="layer-wise lr decay (e.g. 0.75): lower lr for earlier layers")
     g.add_argument("--warmup-epochs", type=float)
     g.add_argument("--grad-clip", type=float)
     g.add_argument("--grad-accum", type=int)

@@ -144,10 +144,18 @@ def check_model_name(name: str) -> None:
         raise UnknownModelError(f"unknown model {name!r}: not a timm architecture nor one of ours.{hint}")
 
 
-def create_model(name: str, num_classes: int, *, pretrained: bool = False, drop_rate: float = 0.0,
-                 **kwargs) -> nn.Module:
-    """A timm model by name with a fresh `num_classes` head; `pretrained` loads ImageNet weights."""
+def create_model(name: str, num_classes: int, *, pretrained: bool = False, pretrained_file: str | None = None,
+                 drop_rate: float = 0.0, **kwargs) -> nn.Module:
+    """A timm model by name with a fresh `num_classes` head.
+
+    `pretrained` loads the architecture's ImageNet weights from the Hub; `pretrained_file` loads them
+    from a local state dict through timm's own `pretrained_cfg_overlay=dict(file=...)` (no network;
+    timm drops the 1000-class head). Check the file first with `pretrained.check_weights_file`.
+    """
     check_model_name(name)
+    if pretrained_file:
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained_file)),
+                                 num_classes=num_classes, drop_rate=drop_rate, **kwargs)
     if pretrained:
         # Without this, an offline machine waits on huggingface_hub's retries before failing.
         require_hub(f"ImageNet weights for {name!r} (--pretrained)")

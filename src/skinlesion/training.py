@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from . import calibration, checkpoint, tta
 from .config import TrainConfig
-from .constants import CACHE_SHORT_SIDE, MANIFEST_FILE
+from .constants import CACHE_SHORT_SIDE, DEFAULT_MEAN, DEFAULT_STD, MANIFEST_FILE
 from .data import (
     DataError,
     LesionDataset,
@@ -50,6 +50,7 @@ from .data.splits import manifest_hash
 from .losses import build_loss
 from .modelfolder import load_model_folder, read_config, resolve_folder, save_model_folder, update_extras
 from .models import check_model_name, create_model
+from .pretrained import check_weights_file, normalisation_for, weights_provenance
 from .taxonomy import parse_label_map
 from .transforms import Augmentation, Preprocessing, eval_transform, train_transform
 
@@ -77,9 +78,21 @@ def resolve_mixed_precision(setting: str) -> str:
     return "no"
 
 
-def preprocessing_of(cfg: TrainConfig) -> Preprocessing:
-    return Preprocessing(input_size=cfg.image_size, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation,
-                         color_constancy=cfg.color_constancy)
+def preprocessing_of(cfg: TrainConfig, init_cfg: dict | None = None) -> Preprocessing:
+    """The model's preprocessing; mean/std follow the starting weights (ImageNet's unless they say otherwise).
+
+    ImageNet weights keep the normalisation they were trained with (0.5/0.5 for tf_efficientnet_lite*,
+    timm's pretrained_cfg says which); --init-from keeps that folder's; from scratch, ImageNet's.
+    """
+    mean, std = DEFAULT_MEAN, DEFAULT_STD
+    if cfg.pretrained or cfg.pretrained_file:
+        norm = normalisation_for(cfg.model)
+        mean, std = norm.mean, norm.std
+    elif init_cfg is not None:
+        mean = tuple(init_cfg["pretrained_cfg"].get("mean", DEFAULT_MEAN))
+        std = tuple(init_cfg["pretrained_cfg"].get("std", DEFAULT_STD))
+    return Preprocessing(input_size=cfg.image_size, mean=mean, std=std, crop_pct=cfg.crop_pct,
+                         interpolation=cfg.interpolation, color_constancy=cfg.color_constancy)
 
 
 def augmentation_of(cfg: TrainConfig) -> Augmentation:
@@ -140,6 +153,8 @@ def check_setup(cfg: TrainConfig, *, is_main: bool) -> dict | None:
         from .hub import require_hub
 
         require_hub(f"ImageNet weights for {cfg.model!r} (--pretrained)")
+    if cfg.pretrained_file:
+        check_weights_file(cfg.pretrained_file, cfg.model)  # names, shapes only: seconds, before any image
     if not cfg.init_from:
         return None
     init_cfg = read_config(resolve_folder(cfg.init_from))  # config.json only; the weights load later
@@ -220,9 +235,9 @@ def check_split(cfg: TrainConfig, split: SplitData, num_processes: int, init_cfg
                 f"{split.classes}; fine-tune from a model with the same classes")
 
 
-def build_datasets(cfg: TrainConfig, split: SplitData, *, progress: bool) -> tuple[LesionDataset, LesionDataset]:
+def build_datasets(cfg: TrainConfig, split: SplitData, pre: Preprocessing, *,
+                   progress: bool) -> tuple[LesionDataset, LesionDataset]:
     """Decode every image once into the in-memory cache (the slow part of start-up) and wrap it in datasets."""
-    pre = preprocessing_of(cfg)
     # Enough pixels for the largest RandomResizedCrop/eval resize of this input size, and no more.
     short_side = min(CACHE_SHORT_SIDE, math.ceil(cfg.image_size / cfg.crop_pct * 1.25))
     train_cache = build_cache(split.train.frame["path"].tolist(), short_side, progress=progress)
@@ -251,7 +266,8 @@ def build_model(cfg: TrainConfig, classes: list[str]) -> torch.nn.Module:
             raise TrainingSetupError(f"--init-from {cfg.init_from} changed since start-up: {loaded.architecture} "
                                      f"with classes {loaded.label_names}")
         return loaded.model.train()
-    return create_model(cfg.model, len(classes), pretrained=cfg.pretrained, drop_rate=cfg.drop_rate, **cfg.model_args)
+    return create_model(cfg.model, len(classes), pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file,
+                        drop_rate=cfg.drop_rate, **cfg.model_args)
 
 
 @dataclass
@@ -283,7 +299,9 @@ def build_step_state(cfg: TrainConfig, classes: list[str], train_targets: list[i
     criterion = build_loss(cfg.loss, class_weights=weights, label_smoothing=cfg.label_smoothing,
                            focal_gamma=cfg.focal_gamma)
     # timm's factory keeps weight decay off norms and biases.
-    optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # layer_decay uses the architecture's own layer grouping (timm's group_matcher).
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                    layer_decay=cfg.layer_decay)
     # The loss holds no parameters: move it, do not hand it to prepare() (DDP refuses parameter-free modules).
     criterion = criterion.to(accelerator.device)
     # The scheduler is not prepared either: accelerate would step it once per process.
@@ -407,6 +425,11 @@ def plot_confusion(path: Path, targets: np.ndarray, preds: np.ndarray, classes: 
     plt.close(fig)
 
 
+def head_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The largest group lr: with layer decay, group 0 is the stem at a small fraction of it."""
+    return max(g["lr"] for g in optimizer.param_groups)
+
+
 def _patience_exhausted(cfg: TrainConfig, history: list[dict], best: dict) -> bool:
     """Early stopping from the history itself, so a resumed run keeps counting where it stopped."""
     return bool(cfg.early_stopping and history and len(history) - best["epoch"] >= cfg.early_stopping)
@@ -424,13 +447,15 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
     set_seed(cfg.seed)  # before the split and the model, so every process builds the same ones
     split = prepare_split(cfg, is_main)
     check_split(cfg, split, accelerator.num_processes, init_cfg)
-    classes, pre = split.classes, preprocessing_of(cfg)
+    classes, pre = split.classes, preprocessing_of(cfg, init_cfg)
+    provenance = weights_provenance(cfg.model, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file,
+                                    init_from=cfg.init_from)
     accelerator.print(f"train {len(split.train.frame)} / val {len(split.val.frame)} images, classes {classes}, "
                       f"{accelerator.num_processes} process(es) on {accelerator.device}")
 
     # 2. The slow part of start-up: decode every image once.
     t0 = time.time()
-    train_ds, val_ds = build_datasets(cfg, split, progress=is_main and cfg.progress)
+    train_ds, val_ds = build_datasets(cfg, split, pre, progress=is_main and cfg.progress)
     accelerator.print(f"decoded {len(train_ds) + len(val_ds)} images in {time.time() - t0:.0f}s")
     generator = torch.Generator().manual_seed(cfg.seed)
     state, train_loader, val_loader, batches_per_epoch = build_step_state(
@@ -495,7 +520,7 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
             seen += y.shape[0]
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(loss=f"{loss_sum / seen:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+                progress.set_postfix(loss=f"{loss_sum / seen:.3f}", lr=f"{head_lr(optimizer):.2e}")
             # Mid-epoch only right after an optimiser update: accumulated gradients are not checkpointed.
             if cfg.checkpoint_minutes > 0 and time.time() - last_ckpt > cfg.checkpoint_minutes * 60 \
                     and batch_idx + 1 < batches_per_epoch and accelerator.sync_gradients:
@@ -510,7 +535,7 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
         logits, targets = predict_logits(eval_model(), val_loader, accelerator, channels_last=cfg.channels_last)
         metrics = epoch_metrics(targets.numpy(), logits[0].numpy(), classes)
         row = {"epoch": epoch + 1, "train_loss": float(totals[0] / max(float(totals[1]), 1.0)),
-               "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": round(train_seconds, 1), **metrics}
+               "lr": head_lr(optimizer), "epoch_seconds": round(train_seconds, 1), **metrics}
         history.append(row)
         accelerator.print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
         if metrics["val_balanced_accuracy"] > best["val_balanced_accuracy"]:
@@ -518,7 +543,7 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
             if is_main:
                 save_model_folder(out, accelerator.unwrap_model(eval_model()), architecture=cfg.model,
                                   label_names=classes, preprocessing=pre, model_args=dict(cfg.model_args),
-                                  extras=_extras(cfg, split, best, temperature=1.0))
+                                  extras=_extras(cfg, split, best, temperature=1.0, init_weights=provenance))
                 plot_confusion(out / "confusion_matrix_val.png", targets.numpy(), logits[0].numpy().argmax(1), classes,
                                f"validation, epoch {epoch + 1} (row-normalised)")
         if is_main:
@@ -549,8 +574,8 @@ def describe_machine(device: torch.device) -> str:
     return f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU, {torch.get_num_threads()} torch threads"
 
 
-def _extras(cfg: TrainConfig, split: SplitData, best: dict, temperature: float) -> dict:
-    return {"tta": cfg.tta, "temperature": temperature, "train_config": cfg.to_dict(),
+def _extras(cfg: TrainConfig, split: SplitData, best: dict, temperature: float, init_weights: dict) -> dict:
+    return {"tta": cfg.tta, "temperature": temperature, "train_config": cfg.to_dict(), "init_weights": init_weights,
             "manifest_sha256": manifest_hash(split.manifest_path) if split.manifest_path.exists() else None,
             "val_metrics": best, "trained_with": "skinlesion"}
 
