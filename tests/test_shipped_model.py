@@ -56,11 +56,15 @@ def test_shipped_model_card_is_rendered_from_the_shipped_reports():
 def test_quality_bar_rows_show_a_near_miss_as_a_miss(tmp_path):
     from skinlesion.modelcard import _quality_bars
 
-    (tmp_path / "eval" / "ham10000_test").mkdir(parents=True)
-    (tmp_path / "eval" / "ham10000_test" / "report.json").write_text(json.dumps(
-        {"balanced_accuracy": 0.71, "ece": 0.05004, "per_class": {"mel": {"auc": 0.9}}}))
+    for name, report in {"ham10000_test": {"balanced_accuracy": 0.76, "ece": 0.05004, "per_class": {"mel": {"auc": 0.9}}},
+                         "isic2017_test": {"balanced_accuracy": 0.549, "per_class": {"mel": {"auc": 0.7}}}}.items():
+        (tmp_path / "eval" / name).mkdir(parents=True)
+        (tmp_path / "eval" / name / "report.json").write_text(json.dumps(report))
     rows = "\n".join(_quality_bars(tmp_path))
-    assert "| balanced accuracy | >= 0.7 | 0.7100 | yes |" in rows
-    assert "| melanoma AUC (one-vs-rest) | >= 0.9 | 0.9000 | yes |" in rows
-    assert "| ECE after calibration | <= 0.05 | 0.0500 | **no** |" in rows
-    assert "does not reach the floor for: ECE after calibration." in rows
+    assert "| ham10000_test | balanced accuracy | >= 0.75 | 0.7600 | yes |" in rows
+    assert "| ham10000_test | melanoma AUC (one-vs-rest) | >= 0.9 | 0.9000 | yes |" in rows
+    assert "| ham10000_test | ECE after calibration | <= 0.05 | 0.0500 | **no** |" in rows
+    assert "| isic2017_test | balanced accuracy | >= 0.55 | 0.5490 | **no** |" in rows
+    assert "| isic2017_test | melanoma AUC (one-vs-rest) | >= 0.65 | 0.7000 | yes |" in rows
+    assert ("does not reach the floor for: ECE after calibration (ham10000_test), "
+            "balanced accuracy (isic2017_test).") in rows

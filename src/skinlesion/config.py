@@ -43,6 +43,8 @@ class TrainConfig:
     interpolation: str = DEFAULT_INTERPOLATION
     color_constancy: str = "none"        # none or shades_of_gray (stored in the model folder, applied at inference)
     scale_min: float = 0.35              # RandomResizedCrop lower area bound
+    max_aspect: float = 4 / 3            # RandomResizedCrop aspect range (1/max_aspect, max_aspect): squashed images
+    zoom_out: float = 0.0                # probability of a zoom-out onto a black canvas (wider field of view)
     rotate_degrees: float = 0.0          # arbitrary-angle rotation before the crop; 90-degree turns are always on
     color_jitter: float = 0.2
     rand_augment: bool = False
@@ -114,6 +116,8 @@ class TrainConfig:
             problems.append("lr must be positive")
         if not 0 < self.scale_min <= 1:
             problems.append(f"scale_min must be in (0, 1], got {self.scale_min}")
+        if self.max_aspect < 1 or not 0 <= self.zoom_out <= 1:
+            problems.append(f"max_aspect must be >= 1 and zoom_out in [0, 1]; got {self.max_aspect}, {self.zoom_out}")
         if self.color_jitter < 0 or self.weight_decay < 0 or self.workers < 0:
             problems.append("color_jitter, weight_decay and workers must not be negative")
         if problems:
@@ -177,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--crop-pct", type=float)
     g.add_argument("--color-constancy", choices=COLOR_CONSTANCY)
     g.add_argument("--scale-min", type=float)
+    g.add_argument("--max-aspect", type=float, help="crop aspect range 1/x..x (4/3 default)")
+    g.add_argument("--zoom-out", type=float, help="probability of a zoom-out onto a black canvas")
     g.add_argument("--rotate-degrees", type=float)
     g.add_argument("--color-jitter", type=float)
     g.add_argument("--rand-augment", action=bool_flag, default=None)

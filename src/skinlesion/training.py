@@ -96,7 +96,8 @@ def preprocessing_of(cfg: TrainConfig, init_cfg: dict | None = None) -> Preproce
 
 
 def augmentation_of(cfg: TrainConfig) -> Augmentation:
-    return Augmentation(scale_min=cfg.scale_min, rotate_degrees=cfg.rotate_degrees, color_jitter=cfg.color_jitter,
+    return Augmentation(scale_min=cfg.scale_min, ratio=(1 / cfg.max_aspect, cfg.max_aspect), zoom_out=cfg.zoom_out,
+                        rotate_degrees=cfg.rotate_degrees, color_jitter=cfg.color_jitter,
                         rand_augment=cfg.rand_augment, random_erasing=cfg.random_erasing)
 
 
@@ -266,8 +267,24 @@ def build_model(cfg: TrainConfig, classes: list[str]) -> torch.nn.Module:
             raise TrainingSetupError(f"--init-from {cfg.init_from} changed since start-up: {loaded.architecture} "
                                      f"with classes {loaded.label_names}")
         return loaded.model.train()
-    return create_model(cfg.model, len(classes), pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file,
-                        drop_rate=cfg.drop_rate, **cfg.model_args)
+    model = create_model(cfg.model, len(classes), pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file,
+                         drop_rate=cfg.drop_rate, **cfg.model_args)
+    if cfg.pretrained or cfg.pretrained_file:
+        zero_classifier(model)
+    return model
+
+
+def zero_classifier(model: torch.nn.Module) -> None:
+    """Start the fresh head at zero logits (uniform predictions), as BiT does for transfer.
+
+    timm's random head on ImageNet features gives logits with std ~3 (tf_efficientnet_lite0, 1280
+    features): the first epoch then spends its updates undoing confident random guesses and the
+    large early gradients disturb the pretrained layers.
+    """
+    head = model.get_classifier()
+    if isinstance(head, torch.nn.Linear):
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
 
 
 @dataclass

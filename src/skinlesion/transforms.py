@@ -78,7 +78,10 @@ class Augmentation:
     """Training augmentation strength; the defaults suit training from scratch on ~8k images."""
 
     scale_min: float = 0.35          # RandomResizedCrop lower area bound: zoomed-in crops mimic other clinics
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop aspect range; resizing it to a square distorts by up to this
+    # Probability of placing the image on a larger black canvas first (side 1-1.5x): smaller lesions with dark
+    # borders, as in other clinics' wider dermoscope fields of view (ISIC 2017's images show the black rim).
+    zoom_out: float = 0.0
     rotate_degrees: float = 0.0      # extra arbitrary-angle rotation before the crop (90-degree turns are always on)
     color_jitter: float = 0.2        # brightness/contrast/saturation
     hue: float = 0.0                 # hue jitter: off by default, colour is diagnostic and HSV round trips are slow
@@ -153,6 +156,8 @@ def train_transform(pre: Preprocessing, aug: Augmentation) -> v2.Compose:
     # Augmentation runs per sample in DataLoader workers that share 2 CPU cores with the model, so
     # every op here is chosen to be cheap on small uint8 tensors (see `python -m skinlesion.bench train`).
     ops: list = [v2.ToImage()]
+    if aug.zoom_out > 0:
+        ops.append(v2.RandomZoomOut(fill=0, side_range=(1.0, 1.5), p=aug.zoom_out))
     if aug.rotate_degrees > 0:
         # Before the crop, so the crop mostly cuts the corners the rotation blackened.
         ops.append(v2.RandomRotation(aug.rotate_degrees, interpolation=InterpolationMode.BILINEAR))
