@@ -12,7 +12,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
+
+# A Hugging Face Space installs requirements.txt but never this repository (`pip install -e .`), and
+# `python app.py` puts only the repo root on sys.path: the package is then importable from src/ alone.
+# An installed skinlesion (pip install -e . / the README's dev install) is used as it is.
+try:
+    import skinlesion  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
 
@@ -41,7 +50,10 @@ def build_demo(registry: logic.ModelRegistry, examples_dir: str | Path | None = 
                     "diagnoses, a class activation map of where the model looked, and how test-time "
                     "augmentation views agreed.")
         gr.Markdown(logic.DISCLAIMER, elem_classes="disclaimer")
-        with gr.Accordion("Models", open=not available or any(registry.error(n) for n in registry.names)):
+        # The title names the model answering and where it came from (Hub id@revision or the shipped
+        # weights/); the panel opens by itself when a requested model failed, saying why.
+        with gr.Accordion(registry.serving_summary(),
+                          open=not available or any(registry.error(n) for n in registry.names)):
             gr.Markdown(registry.status_markdown(), elem_id="model-status")
 
         with gr.Row():

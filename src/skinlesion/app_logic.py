@@ -2,8 +2,8 @@
 
 `app.py` holds only the layout and the event wiring; every callback calls `analyze`, `compare` or
 `model_changed` here. The pieces:
-- `ModelSpec` / `model_sources`: which models to serve (shipped `weights/`, `--model`, `MODEL_ID`),
-  with `ID@REV` pinning a Hub revision.
+- `ModelSpec` / `model_sources`: which models to serve (`--model`, `MODEL_ID`, then the shipped
+  `weights/` as the fallback), with `ID@REV` pinning a Hub revision.
 - `ModelRegistry`: each model loaded once per process and shared by all requests; a model that
   failed to load (offline Hub, bad id, broken folder) is reported on the page, never retried per request.
 - formatting: a `Prediction` / `Explanation` turned into `gr.Label` data and markdown.
@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,15 +68,28 @@ class ModelUnavailableError(RuntimeError):
 
 
 # -- which models -------------------------------------------------------------------------------------
+SHIPPED_ORIGIN = "shipped"  # ModelSpec.origin of the repo's own weights/ folder (the fallback)
+HUB_URL = "https://huggingface.co"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     source: str                 # local folder or Hub id
     revision: str | None = None  # Hub revision (branch, tag or commit); None for local folders
     name: str = ""              # what the model dropdown shows; unique within a registry
+    origin: str = ""            # where the app was told about it: "--model", MODEL_ID_ENV or SHIPPED_ORIGIN
 
     @property
     def display(self) -> str:
         return self.name or self.source
+
+    @property
+    def is_hub(self) -> bool:
+        return looks_like_hub_id(self.source)
+
+    @property
+    def hub_id(self) -> str:
+        return self.source.removeprefix("hf-hub:")
 
 
 def parse_model_spec(text: str) -> ModelSpec:
@@ -116,7 +129,7 @@ def name_specs(specs: Sequence[ModelSpec]) -> list[ModelSpec]:
         while name in taken:
             name, n = f"{base} ({n})", n + 1
         taken.add(name)
-        named.append(ModelSpec(spec.source, spec.revision, name))
+        named.append(replace(spec, name=name))
     return named
 
 
@@ -128,17 +141,20 @@ class ModelSources:
 
 def model_sources(cli_models: Sequence[str] = (), env_value: str | None = None,
                   default_folder: Path | None = None) -> ModelSources:
-    """The shipped folder (when it holds a model), then `--model` entries, then `MODEL_ID` entries."""
-    specs: list[ModelSpec] = []
+    """`--model` entries, then `MODEL_ID` entries, then the shipped folder (when it holds a model).
+
+    The first model that loads is the default, so a Space with MODEL_ID set serves that Hub model, and
+    the shipped `weights/` only when MODEL_ID is unset or failed to load (the page says which and why).
+    """
+    specs = [replace(parse_model_spec(m), origin="--model") for m in cli_models]
+    specs += [replace(parse_model_spec(m), origin=MODEL_ID_ENV) for m in (env_value or "").split(",") if m.strip()]
     notes: list[str] = []
     if default_folder is not None:
         if (default_folder / "config.json").is_file():
-            specs.append(ModelSpec(str(default_folder), None, "shipped model"))
+            specs.append(ModelSpec(str(default_folder), None, "shipped model", SHIPPED_ORIGIN))
         else:
             notes.append(f"No shipped model yet: `{default_folder.name}/` holds no model folder "
                          "(no config.json). Add one with `--model PATH_OR_HUB_ID` or the MODEL_ID variable.")
-    specs += [parse_model_spec(m) for m in cli_models]
-    specs += [parse_model_spec(m) for m in (env_value or "").split(",") if m.strip()]
     return ModelSources(name_specs(specs), notes)
 
 
@@ -156,6 +172,7 @@ class _Entry:
     predictor: Predictor | None = None
     error: str | None = None
     load_seconds: float | None = None
+    commit: str | None = None   # the Hub commit a Hub model was loaded from (from the local cache)
 
 
 class ModelRegistry:
@@ -190,7 +207,9 @@ class ModelRegistry:
                 try:
                     entry.predictor = self._loader(entry.spec)
                 except Exception as err:  # noqa: BLE001 - any load failure is shown on the page and logged
-                    entry.error = _load_error_message(err)
+                    entry.error = _load_error_message(entry.spec, err)
+                else:
+                    entry.commit = _cached_commit(entry.spec) if entry.spec.is_hub else None
                 entry.load_seconds = time.perf_counter() - start
         if entry.predictor is None:
             raise ModelUnavailableError(f"Model {entry.spec.display!r} is unavailable: {entry.error}")
@@ -223,13 +242,45 @@ class ModelRegistry:
         available = self.available_names
         return available[0] if available else None
 
+    def _failed_requests(self) -> list[_Entry]:
+        """Models asked for by --model / MODEL_ID that failed to load (the shipped folder is the fallback)."""
+        return [e for e in self._entries.values() if e.error is not None and e.spec.origin != SHIPPED_ORIGIN]
+
+    def serving_summary(self) -> str:
+        """One plain-text line (the Models panel's title): which model answers by default, and from where."""
+        default = self.default_name
+        if default is None:
+            return "Model: none available (see why below)"
+        spec = self._entries[default].spec
+        if spec.origin == SHIPPED_ORIGIN:
+            where = f"shipped {Path(spec.source).name}/ folder"
+        elif spec.is_hub:
+            where = f"{spec.hub_id}@{spec.revision or 'main'} from the Hugging Face Hub"
+        else:
+            where = f"local folder {Path(spec.source).name}"
+        failed = self._failed_requests()
+        return f"Model: {where}" + (f" ({len(failed)} requested model(s) failed to load, see why)" if failed else "")
+
+    def serving_markdown(self) -> str:
+        """Which model answers by default and where it came from; what failed and why when it is a fallback."""
+        default = self.default_name
+        if default is None:
+            return ("### ⚠ No model is available\nPredictions are disabled until a model loads. "
+                    "Start the app with `--model PATH_OR_HUB_ID` (or set MODEL_ID).")
+        entry = self._entries[default]
+        lines = [f"**Serving {default}**: {describe_source(entry.spec, entry.commit)}."]
+        failed = self._failed_requests()
+        if failed:
+            asked = ", ".join(f"`{e.spec.display}` ({e.spec.origin or 'requested'})" for e in failed)
+            fallback = (f", so this app serves its shipped `{Path(entry.spec.source).name}/` folder instead"
+                        if entry.spec.origin == SHIPPED_ORIGIN else "")
+            lines.append(f"\n⚠ **{asked} could not be loaded**{fallback}. Why: the ✗ line(s) below.")
+        return "\n".join(lines)
+
     def status_markdown(self) -> str:
-        lines = []
-        if not self.available_names:
-            lines.append("### ⚠ No model is available\nPredictions are disabled until a model loads. "
-                         "Start the app with `--model PATH_OR_HUB_ID` (or set MODEL_ID).")
+        lines = [self.serving_markdown(), "", "**Models**", ""]
         for name, entry in self._entries.items():
-            source = f"`{entry.spec.source}`" + (f" @ `{entry.spec.revision}`" if entry.spec.revision else "")
+            source = describe_source(entry.spec, entry.commit)
             if entry.predictor is not None:
                 p = entry.predictor
                 lines.append(f"- ✓ **{name}** — {source}: {p.loaded.architecture}, {len(p.label_names)} classes, "
@@ -248,15 +299,55 @@ def _ood_note(p: Predictor) -> str:
         " (no out-of-distribution threshold: that check is off)"
 
 
-def _load_error_message(err: Exception) -> str:
+def describe_source(spec: ModelSpec, commit: str | None = None) -> str:
+    """Markdown: where a model comes from (Hub id + revision + commit, the shipped folder, or a local folder)."""
+    if spec.origin == SHIPPED_ORIGIN:
+        return f"the shipped `{Path(spec.source).name}/` folder of this app"
+    via = f" (from {spec.origin})" if spec.origin else ""
+    if not spec.is_hub:
+        return f"local folder `{spec.source}`{via}"
+    revision = f"revision `{spec.revision}`" if spec.revision else "the default branch (unpinned)"
+    pinned_commit = commit is not None and spec.revision is not None and commit.startswith(spec.revision)
+    at = f", commit `{commit[:12]}`" if commit and not pinned_commit else ""
+    return f"Hub model [`{spec.hub_id}`]({HUB_URL}/{spec.hub_id}) at {revision}{at}{via}"
+
+
+def _cached_commit(spec: ModelSpec) -> str | None:
+    """The commit a Hub model's files were taken from: the snapshot folder its config.json sits in.
+
+    Local cache only (no request). None when it cannot be told, e.g. a custom cache layout; the page
+    then shows the revision without a commit.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    from .constants import MODEL_CONFIG_FILE
+
+    path = try_to_load_from_cache(spec.hub_id, MODEL_CONFIG_FILE, revision=spec.revision)
+    return Path(path).parent.name if isinstance(path, str) else None
+
+
+def _load_error_message(spec: ModelSpec, err: Exception) -> str:
     """The message the page shows; the expected failures are logged without a traceback."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
     from .modelfolder import ModelFolderError
 
     if isinstance(err, (HubUnavailableError, ModelFolderError)):
-        logger.warning("model unavailable: %s", err)
-        return str(err)
-    logger.error("model failed to load", exc_info=err)
-    return f"{type(err).__name__}: {err}"
+        message = str(err)
+    elif isinstance(err, GatedRepoError):
+        message = (f"Hub model `{spec.hub_id}` is gated: accept its terms on the Hub and give this app a token "
+                   "with access (the Space secret HF_TOKEN).")
+    elif isinstance(err, RepositoryNotFoundError):
+        message = (f"Hub model `{spec.hub_id}` does not exist, or it is private and this app has no token with "
+                   "access (the Space secret HF_TOKEN). Check the id.")
+    elif isinstance(err, RevisionNotFoundError):
+        message = (f"Hub model `{spec.hub_id}` has no revision `{spec.revision}` (no such branch, tag or commit). "
+                   "Check the part after `@`.")
+    else:
+        logger.error("model %s failed to load", spec.display, exc_info=err)
+        return f"{type(err).__name__}: {err}"
+    logger.warning("model %s unavailable: %s", spec.display, message)
+    return message
 
 
 # -- inputs -----------------------------------------------------------------------------------------

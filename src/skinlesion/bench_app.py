@@ -17,6 +17,12 @@ callback: decode, explain, formatting) and `server_overhead_ms` (queue, pre/post
 the output images). On a loaded machine, two torch threads per process make the library timings
 swing by 10x (a preempted OpenMP worker stalls the other at every barrier): `--threads 1` gives both
 processes one thread and steadier ratios. Prints JSON.
+
+`--space` measures instead what a Hugging Face Space's CPU hardware (2 vCPU) would see: `python app.py`
+started exactly as a Space starts it (no arguments; GRADIO_SERVER_NAME/PORT in the environment; the
+shipped weights/, or `--model` as the MODEL_ID variable), torch's default threads, and reports the cold
+start (process start to the first answered /predict) and the app process's resident memory after
+`--requests` (default 20) /predict calls, against the goals (<= 20 s, <= 1.5 GB).
 """
 
 from __future__ import annotations
@@ -223,11 +229,109 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     }
 
 
+# -- as a Space runs it ---------------------------------------------------------------------------------
+SPACE_GOALS = {"cold_start_s": 20.0, "rss_mb": 1536.0}  # issue 13: a CPU Space (2 vCPU, 16 GB) must stay well inside
+
+
+@dataclass(frozen=True)
+class SpaceBenchConfig:
+    requests: int = 20                      # /predict calls before the resident memory is read
+    width: int = 600                        # HAM10000 images are 600x450
+    height: int = 450
+    model_id: str | None = None             # the Space variable MODEL_ID (None: the shipped weights/ only)
+    method: str = "gradcam"                 # CAM method of each /predict
+    startup_timeout: float = 600.0
+    seed: int = 0
+
+
+def process_memory_mb(pid: int) -> dict[str, float]:
+    """Resident memory of `pid` now (VmRSS) and at its peak (VmHWM), in MB, from /proc (Linux, as on a Space)."""
+    status = Path(f"/proc/{pid}/status")
+    if not status.is_file():
+        raise RuntimeError(f"no {status}: resident memory is read from Linux's /proc (process gone, or not Linux)")
+    fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+    return {key: round(int(fields[name].split()[0]) / 1024, 1) for key, name in (("rss_mb", "VmRSS"),
+                                                                               ("peak_rss_mb", "VmHWM"))}
+
+
+def start_space_app(*, port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """`python app.py` with no arguments, the way a Space starts it (server address from the environment)."""
+    full_env = {k: v for k, v in os.environ.items() if k != "MODEL_ID"}
+    full_env.update({"GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+                     "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), **env})
+    with open(log_path, "wb") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, str(APP_FILE)], cwd=REPO_ROOT, env=full_env, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+def served_architecture(model_id: str | None) -> str:
+    """What the measured app serves by default: the MODEL_ID model, else weights/config.json's architecture."""
+    if model_id:
+        return f"MODEL_ID={model_id}"
+    config = REPO_ROOT / "weights" / "config.json"
+    return json.loads(config.read_text())["architecture"] if config.is_file() else "no shipped model"
+
+
+def run_space(cfg: SpaceBenchConfig) -> dict[str, Any]:
+    import importlib.metadata
+    import platform
+
+    import httpx
+    from gradio_client import Client, handle_file
+
+    with tempfile.TemporaryDirectory(prefix="bench_space_") as tmp:
+        image = synthetic_dermoscopy(Path(tmp) / "lesion.png", width=cfg.width, height=cfg.height, seed=cfg.seed)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/"
+        env = {"MODEL_ID": cfg.model_id} if cfg.model_id else {}
+        log_path = Path(tmp) / "app.log"
+        launched = time.perf_counter()
+        proc = start_space_app(port=port, env=env, log_path=log_path)
+        try:
+            server_ready = wait_until_serving(url, proc, cfg.startup_timeout)
+            client = Client(url, verbose=False, download_files=str(Path(tmp) / "downloads"))
+            client.predict(handle_file(str(image)), api_name="/predict")
+            cold_start = time.perf_counter() - launched
+            after_first = process_memory_mb(proc.pid)
+            latencies = []
+            with httpx.Client(timeout=cfg.startup_timeout) as http:
+                for _ in range(cfg.requests):
+                    latencies.append(_timed(lambda: http_predict(http, url, image, method=cfg.method)))
+            memory = process_memory_mb(proc.pid)
+        except Exception as err:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+            raise RuntimeError(f"measuring the app as a Space failed ({err}); app.py's log ends with:\n{tail}") from err
+        finally:
+            stop(proc)
+    rss_ok = memory["rss_mb"] <= SPACE_GOALS["rss_mb"]
+    return {
+        "config": asdict(cfg),
+        "serves": served_architecture(cfg.model_id),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "torch": importlib.metadata.version("torch")},
+        "cold_start_s": round(cold_start, 2),
+        "server_ready_s": round(server_ready, 2),
+        "rss_mb_after_first_request": after_first["rss_mb"],
+        "rss_mb": memory["rss_mb"],
+        "peak_rss_mb": memory["peak_rss_mb"],
+        "requests": cfg.requests,
+        "median_request_s": round(statistics.median(latencies), 3) if latencies else None,
+        "goals": SPACE_GOALS,
+        "within_goals": cold_start <= SPACE_GOALS["cold_start_s"] and rss_ok,
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m skinlesion.bench_app", description=__doc__.split("\n")[0])
     default = BenchConfig(model="")
-    parser.add_argument("--model", default=str(REPO_ROOT / "weights"), help="model folder or Hub id (default: weights/)")
-    parser.add_argument("--requests", type=int, default=default.requests, help="timed requests per side")
+    parser.add_argument("--space", action=argparse.BooleanOptionalAction, default=False,
+                        help="measure as a Space runs the app (`python app.py`, no arguments, torch's default "
+                             "threads): cold start and resident memory after --requests /predict calls")
+    parser.add_argument("--model", default=None,
+                        help="model folder or Hub id (default: weights/); with --space, the MODEL_ID variable")
+    parser.add_argument("--requests", type=int, default=None,
+                        help=f"timed requests per side (default {default.requests}); with --space, requests "
+                             f"before memory is read (default {SpaceBenchConfig.requests})")
     parser.add_argument("--warmup", type=int, default=default.warmup, help="untimed requests per side")
     parser.add_argument("--size", type=int, nargs=2, default=(default.width, default.height), metavar=("W", "H"),
                         help="synthetic image size")
@@ -241,11 +345,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.requests < 1:
+    if args.requests is not None and args.requests < 1:
         raise SystemExit("--requests must be at least 1")
-    cfg = BenchConfig(model=args.model, requests=args.requests, warmup=args.warmup, width=args.size[0],
-                      height=args.size[1], method=args.method, startup_timeout=args.startup_timeout, settle_s=args.settle,
-                      threads=args.threads, seed=args.seed)
+    if args.space:
+        if args.threads is not None:
+            raise SystemExit("--threads does not apply to --space: a Space runs with torch's default threads")
+        space = SpaceBenchConfig(method=args.method, requests=SpaceBenchConfig.requests if args.requests is None else args.requests,
+                                 width=args.size[0], height=args.size[1], model_id=args.model,
+                                 startup_timeout=args.startup_timeout, seed=args.seed)
+        print(json.dumps(run_space(space), indent=2))
+        return 0
+    cfg = BenchConfig(model=args.model or str(REPO_ROOT / "weights"),
+                      requests=BenchConfig.requests if args.requests is None else args.requests, warmup=args.warmup,
+                      width=args.size[0], height=args.size[1], method=args.method,
+                      startup_timeout=args.startup_timeout, settle_s=args.settle, threads=args.threads, seed=args.seed)
     print(json.dumps(run(cfg), indent=2))
     return 0
 
