@@ -34,12 +34,17 @@ MAX_UPLOAD = "50mb"
 CSS = """
 .disclaimer {border-left: 4px solid #d97706; padding-left: 0.8em;}
 #model-input img {width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated;}
+#warnings h3 {background: #fee2e2; color: #991b1b; border-left: 6px solid #b91c1c; padding: 0.6em 0.8em;}
+#ood-status, #cases-status {font-size: 0.92em;}
 """  # the model input is small (64-384 px): show it enlarged with its pixels visible
 
 
 def build_demo(registry: logic.ModelRegistry, examples_dir: str | Path | None = None, *,
-               concurrency_limit: int = 2, max_queue: int = 64) -> gr.Blocks:
-    """The whole page over `registry`; the queue allows `concurrency_limit` requests to run at once."""
+               concurrency_limit: int = 2, max_queue: int = 64,
+               case_images: logic.CaseImages | None = None) -> gr.Blocks:
+    """The whole page over `registry`; the queue allows `concurrency_limit` requests to run at once.
+
+    `case_images`: pictures of the similar cases (else the cases are listed in a table only)."""
     examples = logic.example_images(examples_dir)
     available = registry.available_names
     default = registry.default_name
@@ -77,18 +82,36 @@ def build_demo(registry: logic.ModelRegistry, examples_dir: str | Path | None = 
             with gr.Column(scale=3):
                 with gr.Tabs():
                     with gr.Tab("Result"):
+                        ood_intro, cases_intro = logic.extras_intro(registry, default, case_images)
                         warnings = gr.Markdown(label="Warnings", elem_id="warnings")
-                        with gr.Row(equal_height=True):
-                            model_input = gr.Image(label="What the model sees", format="png", height=224,
-                                                   interactive=False, elem_id="model-input")
-                            label = gr.Label(num_top_classes=logic.TOP_K, label="Top classes (calibrated)",
-                                             elem_id="label")
-                        summary = gr.Markdown(label="Summary", elem_id="summary")
-                        with gr.Row(equal_height=True):
-                            heatmap = gr.Image(label="CAM heatmap", format="jpeg", height=300, interactive=False)
-                            overlay = gr.Image(label="Overlay on the original", format="jpeg", height=300,
-                                               interactive=False, elem_id="overlay")
-                        agreement = gr.Markdown(label="TTA agreement", elem_id="agreement")
+                        ood_status = gr.Markdown(ood_intro, elem_id="ood-status")
+                        # A non-dermoscopic image gets the refusal in `warnings` and this collapsed behind
+                        # "show anyway" (logic.extras_view): it is not presented as a result.
+                        with gr.Accordion("Model output", open=True, elem_id="result-details") as result_details:
+                            with gr.Row(equal_height=True):
+                                model_input = gr.Image(label="What the model sees", format="png", height=224,
+                                                       interactive=False, elem_id="model-input")
+                                label = gr.Label(num_top_classes=logic.TOP_K, label="Top classes (calibrated)",
+                                                 elem_id="label")
+                            summary = gr.Markdown(label="Summary", elem_id="summary")
+                            with gr.Row(equal_height=True):
+                                heatmap = gr.Image(label="CAM heatmap", format="jpeg", height=300,
+                                                   interactive=False)
+                                overlay = gr.Image(label="Overlay on the original", format="jpeg", height=300,
+                                                   interactive=False, elem_id="overlay")
+                            agreement = gr.Markdown(label="TTA agreement", elem_id="agreement")
+                        with gr.Accordion("Similar confirmed cases", open=True, elem_id="cases-panel") as cases_panel:
+                            cases_status = gr.Markdown(cases_intro, elem_id="cases-status")
+                            cases_gallery = gr.Gallery(label="Nearest confirmed training lesions (click one)",
+                                                       columns=5, height="auto", allow_preview=False, format="jpeg",
+                                                       visible=False, elem_id="cases-gallery")
+                            with gr.Row(equal_height=True):
+                                case_query = gr.Image(label="Your image", height=300, interactive=False,
+                                                      visible=False, elem_id="case-query")
+                                case_selected = gr.Image(label="Selected case", height=300, interactive=False,
+                                                         visible=False, elem_id="case-selected")
+                            case_caption = gr.Markdown(elem_id="case-caption")
+                            cases_table = gr.Markdown(elem_id="cases-table")
                         with gr.Accordion("Raw output (JSON)", open=False):
                             details = gr.JSON(label="Prediction")
                     with gr.Tab("Compare models"):
@@ -104,6 +127,18 @@ def build_demo(registry: logic.ModelRegistry, examples_dir: str | Path | None = 
             a = logic.analyze(registry, image, model_name, method, target, tta, alpha)
             return a.label, a.overlay, a.heatmap, a.model_input, a.summary, a.warnings, a.agreement, a.details
 
+        def show_extras(details, image):
+            v = logic.extras_view(details, case_images)
+            pictures = bool(v.gallery)
+            return (v.ood_status, gr.Accordion(label=v.result_label, open=not v.flagged),
+                    gr.Accordion(label=v.cases_label, open=not v.flagged), v.cases_status,
+                    gr.Gallery(value=v.gallery, visible=pictures), v.table,
+                    gr.Image(value=image if pictures else None, visible=pictures),
+                    gr.Image(value=None, visible=pictures), "")
+
+        def select_case(details, evt: gr.SelectData):
+            return logic.selected_case(details, evt.index, case_images)
+
         def compare(image, model_names, method, target, tta, alpha):
             return logic.compare(registry, image, model_names, method, target, tta, alpha)
 
@@ -116,7 +151,11 @@ def build_demo(registry: logic.ModelRegistry, examples_dir: str | Path | None = 
         # (gr.Image's own decoder would fail first with a generic one).
         run.click(predict, [image, model, *controls],
                   [label, overlay, heatmap, model_input, summary, warnings, agreement, details],
-                  api_name="predict", preprocess=False)
+                  api_name="predict", preprocess=False
+                  ).success(show_extras, [details, image],
+                            [ood_status, result_details, cases_panel, cases_status, cases_gallery, cases_table,
+                             case_query, case_selected, case_caption], api_visibility="private")
+        cases_gallery.select(select_case, [details], [case_selected, case_caption], api_visibility="private")
         compare_button.click(compare, [image, models, *controls], [gallery, comparison],
                              api_name="compare", preprocess=False)
         model.change(model_change, [model], [target, class_notes], api_visibility="private")
@@ -136,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--examples", type=Path, default=None, metavar="DIR",
                         help=f"folder of example images (else ${logic.EXAMPLES_DATASET_ENV}, a Hub dataset id; "
                              "without either the examples panel is hidden)")
+    cases = parser.add_argument_group("similar cases")
+    cases.add_argument("--cases-images", type=Path, default=None, metavar="DIR",
+                       help="folder holding the images of the model's case index (e.g. HAM10000), found by image "
+                            f"id; else ${logic.CASES_DATASET_ENV}, a Hub dataset id; without either: a table only")
     server = parser.add_argument_group("server")
     server.add_argument("--host", default=None, help="default: $GRADIO_SERVER_NAME or 127.0.0.1")
     server.add_argument("--port", type=int, default=None, help="default: $GRADIO_SERVER_PORT or 7860")
@@ -152,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.examples is not None and not args.examples.is_dir():
         parser.error(f"--examples {args.examples}: no such folder")
+    if args.cases_images is not None and not args.cases_images.is_dir():
+        parser.error(f"--cases-images {args.cases_images}: no such folder")
     sources = logic.model_sources(args.model, os.environ.get(logic.MODEL_ID_ENV),
                                   SHIPPED_WEIGHTS if args.default_model else None)
     registry = logic.ModelRegistry(sources.specs, notes=sources.notes)
@@ -164,7 +209,9 @@ def main(argv: list[str] | None = None) -> None:
         except Exception as err:  # noqa: BLE001 - the app starts without examples and says why on the page
             logging.getLogger(__name__).exception("examples dataset %s unavailable", dataset)
             registry.notes.append(f"Examples dataset `{dataset}` unavailable: {err}")
-    demo = build_demo(registry, examples_dir, concurrency_limit=args.concurrency, max_queue=args.max_queue)
+    case_images = logic.case_images_from(args.cases_images, os.environ.get(logic.CASES_DATASET_ENV))
+    demo = build_demo(registry, examples_dir, concurrency_limit=args.concurrency, max_queue=args.max_queue,
+                      case_images=case_images)
     launch(demo, host=args.host, port=args.port, share=args.share)
 
 

@@ -9,6 +9,8 @@ Examples:
   python evaluate.py --model runs/a --model runs/b --data ../shared/data/HAM10000 --compare-tta --out cmp/
   python evaluate.py --model runs/lesion --data PH2_by_class \\
       --label-map common_nevus=nv,atypical_nevus=nv,melanoma=mel --out runs/lesion/eval/ph2
+  python evaluate.py --model weights --data ../shared/data/HAM10000 --ood-folder runs/ood_sets/everyday_photos \\
+      --ood-folder runs/ood_sets/screenshots --out runs/ood   # flag rate of the OOD check on each folder
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fit-temperature", action=argparse.BooleanOptionalAction, default=False,
                    help="fit temperature + OOD threshold on the VALIDATION split and write them to the model folder")
 
+    g = parser.add_argument_group("out-of-distribution check and similar cases (need `python -m skinlesion.fit_features`)")
+    g.add_argument("--ood-folder", action="append", default=[], dest="ood_folders", metavar="DIR",
+                   help="folder of non-dermoscopic images: report the share the OOD check flags; repeatable")
+    g.add_argument("--cases-k", type=int, default=5, help="k of the similar-cases precision@k")
+
     g = parser.add_argument_group("explanations")
     g.add_argument("--cam-methods", default="", metavar="NAME,...",
                    help="CAM methods to score, e.g. gradcam,gradcam++,eigencam (default: none)")
@@ -80,6 +87,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str] | None) -> EvalCo
         cam_methods=tuple(m.strip() for m in args.cam_methods.split(",") if m.strip()),
         cam_images=args.cam_images, cam_tta=args.cam_tta, masks=args.masks, sheet_images=args.sheet_images,
         revision=args.revision, device=args.device, progress=args.progress, command=command_line(argv),
+        ood_folders=tuple(args.ood_folders), cases_k=args.cases_k,
     )
 
 
@@ -93,6 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     headline = {k: result.get(k) for k in ("n_images", "accuracy", "balanced_accuracy", "auc_ovr_macro",
                                            "malignant_auc", "ece", "elapsed_seconds")}
+    ood, retrieval = result.get("ood") or {}, result.get("retrieval") or {}
+    if ood.get("available"):
+        headline["ood_false_flag_rate"] = ood["labelled_set"]["flag_rate"]
+        headline["ood_folder_flag_rates"] = {k: v["flag_rate"] for k, v in ood["folders"].items()}
+    if retrieval.get("available"):
+        headline["retrieval_vote_balanced_accuracy"] = retrieval["vote"]["balanced_accuracy"]
+        headline["retrieval_precision_at_k"] = retrieval["precision_at_k"]["macro"]
     print(json.dumps({"out": args.out, **headline}, indent=2))
     return 0
 

@@ -143,13 +143,19 @@ def test_forward_views_is_one_batch_matching_per_view_calls(predictor, mode):
 
 
 def test_forward_views_calls_the_model_once_for_all_views(predictor):
+    # Logits and features come from one backbone pass (forward_features -> forward_head -> classifier),
+    # so count the backbone's first block and the classifier: each runs once, on every view at once.
+    model = predictor.loaded.model
     calls = []
-    handle = predictor.loaded.model.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+    hooks = [module.register_forward_hook(lambda m, a, o, name=name: calls.append((name, a[0].shape[0])))
+             for name, module in (("backbone", model.stages[0]), ("classifier", model.get_classifier()))]
     try:
-        predictor.forward_views(torch.zeros(3, 3, 64, 64), "full")
+        logits, feats = predictor.forward_views_with_features(torch.zeros(3, 3, 64, 64), "full")
     finally:
-        handle.remove()
-    assert calls == [8 * 3]
+        for handle in hooks:
+            handle.remove()
+    assert calls == [("backbone", 8 * 3), ("classifier", 8 * 3)]
+    assert logits.shape == (8, 3, 3) and feats.shape == (3, 16)
 
 
 # -- predictions -------------------------------------------------------------------------------------
@@ -207,15 +213,18 @@ def test_seven_class_folder_sums_all_malignant_classes(tmp_path):
     assert pred.malignant_prob == pytest.approx(pred.probs["akiec"] + pred.probs["bcc"] + pred.probs["mel"])
 
 
-def test_ood_flag_follows_the_fitted_threshold(tmp_path):
+def test_energy_threshold_alone_is_a_record_not_a_flag(tmp_path):
+    # The energy threshold training and --fit-temperature write flagged none of 32 non-dermoscopic photos;
+    # without fitted feature statistics (skinlesion.fit_features) the check is reported unavailable instead.
     img = synthetic_lesion(5)
+    for threshold, name in ((1e6, "h"), (-1e6, "l")):
+        folder = make_folder(tmp_path, ["a", "b"], {"ood": {"score": "energy", "threshold": threshold}}, name=name)
+        pred = Predictor.from_pretrained(folder).predict(img)
+        assert pred.out_of_distribution is False and pred.ood_method is None and pred.ood_threshold is None
+        assert pred.ood_score == pytest.approx(pred.energy_score)
     no_threshold = Predictor.from_pretrained(make_folder(tmp_path, ["a", "b"], {}, name="n")).predict(img)
     assert no_threshold.out_of_distribution is False  # nothing fitted: no claim either way
-    high = make_folder(tmp_path, ["a", "b"], {"ood": {"score": "energy", "threshold": 1e6}}, name="h")
-    low = make_folder(tmp_path, ["a", "b"], {"ood": {"score": "energy", "threshold": -1e6}}, name="l")
-    assert Predictor.from_pretrained(high).predict(img).out_of_distribution is True
-    assert Predictor.from_pretrained(low).predict(img).out_of_distribution is False
-    assert no_threshold.ood_score == pytest.approx(Predictor.from_pretrained(low).predict(img).ood_score)
+    assert no_threshold.ood_score == pytest.approx(pred.ood_score)
 
 
 def test_uncertain_flag(tmp_path):

@@ -5,6 +5,9 @@
   (the batched TTA forward, and the CAM's forward + backward on the same views). Goal <= 1.2.
 - `tta_batched_over_sequential`: one forward over all views vs one forward per view.
 - `onnx_over_eager`: onnxruntime vs eager PyTorch for the same batched TTA forward (when model.onnx exists).
+- `extras_over_request`: what the features-based extras add to one request: the out-of-distribution
+  score, the k nearest cases and the retrieval vote (from the features the forward already returned),
+  over the median request. Goal <= 0.10. None when the folder has neither (`skinlesion.fit_features`).
 - `folder_images_per_s`: `skinlesion.predict` over a folder of synthetic images.
 
 Request and bare calls are interleaved repeat by repeat, so a busy shared machine slows both alike.
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import cam
+from . import cam, cases
 from . import tta as tta_views
 from .constants import ONNX_FILE
 from .modelfolder import resolve_folder
@@ -104,14 +107,26 @@ def run(model: str, repeats: int = 20, *, tta: str | None = None, method: str = 
     def bare_cam() -> None:
         bare_cam_pass(net, stacked, index)
 
+    view_logits, features = predictor.forward_views_with_features(x)
+    has_extras = predictor.ood_detector is not None or predictor.case_index is not None
+
+    def extras() -> None:
+        # Exactly what predictions_from_logits adds on top of the softmax for one image.
+        predictor.ood_scores(view_logits, features)
+        found = predictor.nearest_cases(features)
+        if found is not None:
+            cases.retrieval_vote(found[0][:predictor.vote_k], predictor.label_names)
+
     for _ in range(warmup):
-        request(), bare_tta(), bare_cam(), sequential_tta()
-    times: dict[str, list[float]] = {"request": [], "bare_tta": [], "bare_cam": [], "sequential_tta": []}
+        request(), bare_tta(), bare_cam(), sequential_tta(), extras()
+    times: dict[str, list[float]] = {"request": [], "bare_tta": [], "bare_cam": [], "sequential_tta": [],
+                                     "extras": []}
     for _ in range(repeats):
         times["request"].append(_seconds(request))
         times["bare_tta"].append(_seconds(bare_tta))
         times["bare_cam"].append(_seconds(bare_cam))
         times["sequential_tta"].append(_seconds(sequential_tta))
+        times["extras"].append(_seconds(extras))
     medians = {name: _median_ms(samples) for name, samples in times.items()}
     bare_ms = medians["bare_tta"] + medians["bare_cam"]
     report: dict = {
@@ -121,6 +136,9 @@ def run(model: str, repeats: int = 20, *, tta: str | None = None, method: str = 
         "median_ms": {**medians, "bare_total": round(bare_ms, 3)},
         "request_over_bare": round(medians["request"] / bare_ms, 3),
         "tta_batched_over_sequential": round(medians["bare_tta"] / medians["sequential_tta"], 3),
+        "extras_over_request": round(medians["extras"] / medians["request"], 4) if has_extras else None,
+        "extras": {"ood_method": predictor.ood_detector.method if predictor.ood_detector else None,
+                   "case_index_size": len(predictor.case_index) if predictor.case_index is not None else None},
     }
     folder = resolve_folder(model)
     if (folder / ONNX_FILE).is_file():

@@ -1,6 +1,9 @@
 """`python -m skinlesion.export onnx --model FOLDER`: write model.onnx next to the weights.
 
-The graph has a dynamic batch axis (TTA views and images share it). The file records the sha256
+The graph has a dynamic batch axis (TTA views and images share it) and two outputs: `logits` and
+`features`, the penultimate-layer features (`features.py`) that the out-of-distribution check and the
+similar-cases index use, so the ONNX path gives the same flags and cases as PyTorch. (An architecture
+whose head is not `classifier(pre_logits)` is exported with logits only.) The file records the sha256
 of the model.safetensors it came from, so the Predictor refuses a stale model.onnx after retraining.
 It is verified against PyTorch with onnxruntime before it replaces any existing file.
 """
@@ -17,15 +20,18 @@ from pathlib import Path
 
 import torch
 
+from . import features as feature_split
 from .constants import MODEL_WEIGHTS_FILE, ONNX_FILE
 from .modelfolder import ModelFolderError, load_model_folder
-from .predictor import ONNX_WEIGHTS_HASH_KEY, OnnxForward, file_sha256
+from .predictor import ONNX_FEATURES_OUTPUT, ONNX_WEIGHTS_HASH_KEY, OnnxForward, file_sha256
 
 DEFAULT_OPSET = 18
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
 # Largest batch the graph accepts; TTA 'full' (8 views) x a 256-image batch fits.
 MAX_BATCH = 4096
+# Largest feature difference allowed, relative to the largest feature magnitude.
+FEATURE_RTOL = 1e-3
 
 
 class ExportError(RuntimeError):
@@ -39,6 +45,7 @@ class ExportReport:
     max_abs_logit_diff: float
     max_abs_prob_diff: float
     same_top1: bool
+    max_rel_feature_diff: float | None = None  # None: exported with logits only
 
 
 def export_onnx(folder: str | Path, *, opset: int = DEFAULT_OPSET, atol_probs: float = 1e-4,
@@ -52,12 +59,17 @@ def export_onnx(folder: str | Path, *, opset: int = DEFAULT_OPSET, atol_probs: f
     loaded = load_model_folder(folder, device="cpu")
     model = loaded.model.eval()
     size = loaded.preprocessing.input_size
+    try:
+        feature_split.probe_feature_dim(model, size)
+        graph, outputs = feature_split.LogitsAndFeatures(model).eval(), [OUTPUT_NAME, ONNX_FEATURES_OUTPUT]
+    except feature_split.FeatureSplitError:
+        graph, outputs = model, [OUTPUT_NAME]
     # Batch 2, not 1: torch.export specialises size-1 dimensions, which would pin the batch axis.
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     try:
-        program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT_NAME],
-                                    output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},),
+        program = torch.onnx.export(graph, (example,), dynamo=True, input_names=[INPUT_NAME],
+                                    output_names=outputs, dynamic_shapes=({0: batch},),
                                     opset_version=opset, external_data=False, verbose=False)
     except Exception as err:  # the exporter raises many types; all mean the same to the user
         raise ExportError(f"{folder}: torch.onnx.export failed for {loaded.architecture!r}: {err}") from err
@@ -68,14 +80,19 @@ def export_onnx(folder: str | Path, *, opset: int = DEFAULT_OPSET, atol_probs: f
     try:
         program.save(tmp, external_data=False)
         report = verify_onnx(model, tmp, folder / MODEL_WEIGHTS_FILE, size=size, seed=seed + 1)
-        if not report.same_top1 or report.max_abs_prob_diff > atol_probs:
+        # Features feed thresholded scores (OOD) and rankings (cases): hold them to a tolerance relative
+        # to their scale, like the probabilities.
+        if not report.same_top1 or report.max_abs_prob_diff > atol_probs or (
+                report.max_rel_feature_diff is not None and report.max_rel_feature_diff > FEATURE_RTOL):
             raise ExportError(f"{folder}: ONNX outputs differ from PyTorch (max prob diff "
-                              f"{report.max_abs_prob_diff:.2e}, same top-1: {report.same_top1}); not written")
+                              f"{report.max_abs_prob_diff:.2e}, relative feature diff {report.max_rel_feature_diff}, "
+                              f"same top-1: {report.same_top1}); not written")
         os.replace(tmp, folder / ONNX_FILE)
     finally:
         tmp.unlink(missing_ok=True)
     return ExportReport(path=str(folder / ONNX_FILE), opset=opset, max_abs_logit_diff=report.max_abs_logit_diff,
-                        max_abs_prob_diff=report.max_abs_prob_diff, same_top1=report.same_top1)
+                        max_abs_prob_diff=report.max_abs_prob_diff, same_top1=report.same_top1,
+                        max_rel_feature_diff=report.max_rel_feature_diff)
 
 
 def verify_onnx(model: torch.nn.Module, onnx_path: Path, weights_path: Path, *, size: int,
@@ -84,12 +101,20 @@ def verify_onnx(model: torch.nn.Module, onnx_path: Path, weights_path: Path, *, 
     x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
         eager = model(x).float()
-    onnx_logits = OnnxForward(onnx_path, weights_path)(x)
+    session = OnnxForward(onnx_path, weights_path)
+    onnx_logits, onnx_features = session.logits_and_features(x)
+    feature_diff = None
+    if onnx_features is not None:
+        with torch.inference_mode():
+            eager_features = feature_split.split_forward(model, x)[1].float()
+        scale = float(eager_features.abs().max().clamp_min(1e-6))
+        feature_diff = float((onnx_features - eager_features).abs().max()) / scale
     return ExportReport(
         path=str(onnx_path), opset=-1,
         max_abs_logit_diff=float((onnx_logits - eager).abs().max()),
         max_abs_prob_diff=float((onnx_logits.softmax(-1) - eager.softmax(-1)).abs().max()),
         same_top1=bool(torch.equal(onnx_logits.argmax(-1), eager.argmax(-1))),
+        max_rel_feature_diff=feature_diff,
     )
 
 

@@ -130,6 +130,28 @@ def _input_size_note(train_cfg: dict, size: int) -> str:
     return f"trained on {trained} px crops, served at {size} px (chosen on the validation split)"
 
 
+def _feature_extras_lines(extras: dict) -> list[str]:
+    """The out-of-distribution check and the similar-cases index, when fitted (`skinlesion.fit_features`)."""
+    detector, index = extras.get("ood_detector"), extras.get("case_index")
+    fit = "`python -m skinlesion.fit_features --model FOLDER --data DATA`"
+    lines = ["## Not a dermoscopic image? Similar cases", ""]
+    if detector:
+        lines.append(f"- `{detector.get('file')}`: out-of-distribution statistics, `{detector.get('method')}` on the "
+                     "penultimate-layer features of the training split; an image scoring below "
+                     f"{_fmt(detector.get('threshold'), 4)} (the {_fmt(100 * (detector.get('quantile') or 0), 2)}% "
+                     "quantile of the validation split) is refused as not dermoscopic.")
+    else:
+        lines.append(f"- No out-of-distribution statistics: the not-a-dermoscopic-image check is off (fit with {fit}).")
+    if index:
+        lines.append(f"- `{index.get('file')}`: similar-cases index of {index.get('n_cases')} training images "
+                     f"({index.get('n_lesions')} lesions), {index.get('dims')}-d PCA of the L2-normalised features, "
+                     "with image ids, diagnoses, `dx_type` and lesion ids (no pixels); built from split manifest "
+                     f"`{str(index.get('manifest_sha256'))[:12]}…`.")
+    else:
+        lines.append(f"- No similar-cases index (build it with {fit}).")
+    return [*lines, ""]
+
+
 def render_model_card(folder: str | Path) -> str:
     folder = Path(folder)
     config = json.loads((folder / MODEL_CONFIG_FILE).read_text())
@@ -197,11 +219,12 @@ def render_model_card(folder: str | Path) -> str:
         "",
         *_quality_bars(folder),
         *(_eval_sections(folder) or ["Not evaluated yet: run `python evaluate.py --model THIS_FOLDER ...`.", ""]),
+        *_feature_extras_lines(extras),
         "## Intended use and limitations",
         "",
         "- Intended for research and teaching: exploring what a dermoscopy classifier attends to and how sure it is.",
         "- Trained on dermoscopic images only; clinical (non-dermoscopic) photos are out of distribution "
-        "(the app flags images whose energy score falls below the validation 1% quantile).",
+        "(see \"Not a dermoscopic image?\" above for the check that refuses them, and its limits).",
         *(["- Trained from scratch at low resolution on ~8,000 images; accuracy is below published "
            "ImageNet-pretrained models."] if (extras.get("init_weights") or {}).get("source", "scratch") == "scratch"
           else ["- Fine-tuned at low resolution (the HAM10000 copies used are 200x150 px) on ~8,000 images on a CPU; "

@@ -31,6 +31,12 @@ from .transforms import Preprocessing
 
 FORMAT_VERSION = 1
 SECTION = "skinlesion"
+# Fitted on the model's penultimate-layer features after training (`python -m skinlesion.fit_features`):
+# out-of-distribution statistics (skinlesion.ood) and the similar-cases index (skinlesion.cases).
+OOD_STATS_FILE = "ood_stats.safetensors"
+CASE_INDEX_FILE = "case_index.safetensors"
+# Config entries that describe those files: fitted for one preprocessing and one set of weights.
+FEATURE_EXTRAS = ("ood_detector", "case_index")
 
 
 class ModelFolderError(ValueError):
@@ -113,7 +119,8 @@ def set_preprocessing(folder: str | Path, preprocessing: Preprocessing) -> dict:
     """Replace the folder's preprocessing (e.g. a test resolution chosen on the validation split).
 
     A temperature fitted under the old preprocessing no longer applies, so it is reset to 1 and the
-    calibration record dropped: refit with `evaluate.py --fit-temperature`.
+    calibration record dropped: refit with `evaluate.py --fit-temperature`. The OOD statistics and
+    the case index (features of the old input) are dropped too: rebuild with `skinlesion.fit_features`.
     """
     path = Path(folder) / MODEL_CONFIG_FILE
     config = json.loads(path.read_text())
@@ -121,7 +128,7 @@ def set_preprocessing(folder: str | Path, preprocessing: Preprocessing) -> dict:
     extras = config.setdefault(SECTION, {})
     extras["color_constancy"] = preprocessing.color_constancy
     extras["temperature"] = 1.0
-    for stale in ("calibration", "ood"):
+    for stale in ("calibration", "ood", *FEATURE_EXTRAS):
         extras.pop(stale, None)
     _atomic_write_text(path, json.dumps(config, indent=2) + "\n")
     return config
@@ -138,7 +145,8 @@ def resolve_folder(source: str | Path, revision: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
     repo_id = name.removeprefix("hf-hub:")
-    patterns = [MODEL_WEIGHTS_FILE, MODEL_CONFIG_FILE, "README.md", "*.png", "*.csv", "*.onnx"]
+    patterns = [MODEL_WEIGHTS_FILE, MODEL_CONFIG_FILE, OOD_STATS_FILE, CASE_INDEX_FILE, "README.md", "*.png",
+                "*.csv", "*.onnx"]
     try:
         # The cache answers instantly when the revision was downloaded before, online or not.
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=True))

@@ -45,14 +45,20 @@ def find_images(root: Path) -> list[Path]:
 
 def csv_columns(label_names: Sequence[str]) -> list[str]:
     return ["path", "label", "label_name", "confidence", "malignant_prob", "agreement", "uncertain",
-            "ood_score", "out_of_distribution", *[f"prob_{n}" for n in label_names], "error"]
+            "ood_score", "out_of_distribution", *[f"prob_{n}" for n in label_names],
+            "ood_method", "ood_threshold", "nearest_cases", "error"]
 
 
 def prediction_row(path: str, pred: Prediction) -> dict:
     row = {"path": path, "label": pred.label, "label_name": pred.label_name, "confidence": f"{pred.confidence:.6f}",
            "malignant_prob": "" if pred.malignant_prob is None else f"{pred.malignant_prob:.6f}",
            "agreement": f"{pred.agreement:.4f}", "uncertain": pred.uncertain, "ood_score": f"{pred.ood_score:.6f}",
-           "out_of_distribution": pred.out_of_distribution, "error": ""}
+           "out_of_distribution": pred.out_of_distribution, "error": "",
+           # Empty when the model folder has no OOD statistics / case index (`skinlesion.fit_features`).
+           "ood_method": pred.ood_method or "",
+           "ood_threshold": "" if pred.ood_threshold is None else f"{pred.ood_threshold:.6f}",
+           "nearest_cases": " ".join(f"{c['image_id']}:{c['label']}:{c['similarity']:.3f}"
+                                     for c in pred.similar_cases or [])}
     row.update({f"prob_{n}": f"{p:.6f}" for n, p in pred.probs.items()})
     return row
 

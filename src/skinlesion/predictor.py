@@ -2,8 +2,15 @@
 
 Everything is rebuilt from the folder (`modelfolder.load_model_folder`); decoding is `imageio.load_rgb`,
 preprocessing is `transforms.eval_transform` (the evaluation code path), views come from `tta.py`,
-temperature and the energy OOD score from `calibration.py`. `forward_views` is the single place
-logits are computed, for the app, the CLIs and evaluation alike, on PyTorch or onnxruntime.
+temperature and the energy score from `calibration.py`. `forward_views_with_features` is the single
+place logits (and the penultimate-layer features, `features.py`) are computed, for the app, the CLIs
+and evaluation alike, on PyTorch or onnxruntime; `forward_views` is its logits-only view.
+
+From the features, when the model folder has them (`python -m skinlesion.fit_features`):
+- the out-of-distribution detector (`ood.py`, `ood_stats.safetensors`): `Prediction.out_of_distribution`;
+- the similar-cases index (`cases.py`, `case_index.safetensors`): `Prediction.similar_cases` and the
+  similarity-weighted `retrieval_vote`.
+A folder without them predicts as before, with both reported as unavailable.
 """
 
 from __future__ import annotations
@@ -21,9 +28,10 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from . import calibration, overlay
+from . import calibration, cases, ood, overlay
+from . import features as feature_split
 from . import tta as tta_views
-from .constants import MODEL_WEIGHTS_FILE, ONNX_FILE
+from .constants import MANIFEST_FILE, MODEL_WEIGHTS_FILE, ONNX_FILE
 from .imageio import ImageSource, load_rgb
 from .modelfolder import LoadedModel, ModelFolderError, load_model_folder, resolve_folder
 from .taxonomy import describe_label, malignant_indices
@@ -36,6 +44,11 @@ DEFAULT_UNCERTAIN_BELOW = 0.5
 # Fewer than 3 of 4 flip views agreeing with the final label means the call hinges on orientation.
 MIN_AGREEMENT = 0.75
 ONNX_WEIGHTS_HASH_KEY = "skinlesion.weights_sha256"
+ONNX_FEATURES_OUTPUT = "features"
+OOD_UNAVAILABLE = ("this model folder has no out-of-distribution statistics, so whether the image is dermoscopic "
+                   "is not checked; fit them with `python -m skinlesion.fit_features --model FOLDER --data DATA`")
+CASES_UNAVAILABLE = ("this model folder has no case index; build it with "
+                     "`python -m skinlesion.fit_features --model FOLDER --data DATA`")
 
 
 class OnnxUnavailableError(RuntimeError):
@@ -54,19 +67,36 @@ class Prediction:
     malignant_prob: float | None    # sum over malignant classes; None if the model has none
     agreement: float                # share of TTA views whose own argmax equals `label`
     view_labels: list[str]          # each view's argmax, in `tta.get_views(tta)` order
-    ood_score: float                # energy score; lower = less like the training images
-    # True when `ood_score` is below the folder's fitted threshold. A folder without
-    # extras['ood']['threshold'] never flags anything (False): no threshold, no claim.
+    # The detector's score (`ood_method`), higher = more like the training images. Without a detector
+    # (ood_method None) it is the energy score, for reference only.
+    ood_score: float
+    # True when `ood_score` < `ood_threshold`: the image does not look like a dermoscopic image of a skin
+    # lesion and the classes are not meaningful. Always False when the check is unavailable: no statistics,
+    # no claim (the energy threshold alone flagged none of 32 non-dermoscopic test photos).
     out_of_distribution: bool
     uncertain: bool                 # confidence below extras['uncertain_below'] or agreement < 0.75
     tta: str                        # TTA mode used
+    ood_method: str | None = None   # "mahalanobis", "knn", ... (ood.METHODS); None = check unavailable
+    ood_threshold: float | None = None
+    energy_score: float | None = None  # T * logsumexp(view-averaged logits / T), always computed
+    # The k nearest confirmed training cases (distinct lesions, best first) as Case.to_dict() dicts;
+    # None when the folder has no case index. `retrieval_vote`: similarity-weighted class shares of the
+    # `vote_k` nearest lesions, beside the calibrated softmax `probs`.
+    similar_cases: list[dict[str, Any]] | None = None
+    retrieval_vote: dict[str, float] | None = None
     model_input: Image.Image | None = field(default=None, repr=False, compare=False)  # what the model saw
+
+    @property
+    def ood_available(self) -> bool:
+        return self.ood_method is not None
 
     def to_dict(self) -> dict[str, Any]:
         # Not dataclasses.asdict: it would deep-copy the PIL image only to throw it away.
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model_input"}
         data.update(probs=dict(self.probs), top_k=[[label, p] for label, p in self.top_k],
-                    view_labels=list(self.view_labels))
+                    view_labels=list(self.view_labels), ood_available=self.ood_available,
+                    similar_cases=None if self.similar_cases is None else [dict(c) for c in self.similar_cases],
+                    retrieval_vote=None if self.retrieval_vote is None else dict(self.retrieval_vote))
         return data
 
 
@@ -103,10 +133,23 @@ class OnnxForward:
                 f"{onnx_path} was not exported from the current {weights_path.name} (stale or foreign file); "
                 "re-export it with `python -m skinlesion.export onnx --model FOLDER`, or pass use_onnx=False")
         self.input_name = self.session.get_inputs()[0].name
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.output_names = [outputs[0]] + ([ONNX_FEATURES_OUTPUT] if ONNX_FEATURES_OUTPUT in outputs else [])
+        self.source = str(onnx_path)
+
+    @property
+    def has_features(self) -> bool:
+        """Whether the graph also outputs the penultimate-layer features (exports since the OOD detector)."""
+        return len(self.output_names) == 2
+
+    def logits_and_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N, 3, S, S) -> ((N, K) logits, (N, D) features or None for a logits-only graph)."""
+        array = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
+        out = self.session.run(self.output_names, {self.input_name: array})
+        return torch.from_numpy(out[0]), (torch.from_numpy(out[1]) if len(out) > 1 else None)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+        return self.logits_and_features(batch)[0]
 
 
 def _want_onnx(folder: Path, use_onnx: bool | None, device: torch.device) -> bool:
@@ -135,13 +178,37 @@ class Predictor:
     """Calibrated skin-lesion classification with TTA and CAM explanations, built from a model folder."""
 
     def __init__(self, loaded: LoadedModel, *, tta: str | None = None, device: str | torch.device | None = None,
-                 onnx_forward: OnnxForward | None = None):
+                 onnx_forward: OnnxForward | None = None, ood_detector: ood.OodDetector | None = None,
+                 case_index: cases.CaseIndex | None = None, cases_k: int = cases.DEFAULT_K,
+                 vote_k: int = cases.DEFAULT_VOTE_K):
         self.loaded = loaded
         self.device = torch.device(device) if device is not None else next(loaded.model.parameters()).device
         self.loaded.model.to(self.device).eval()
         self.tta = tta or str(loaded.extras.get("tta", DEFAULT_TTA))
         tta_views.get_views(self.tta)  # fail now on an unknown mode, not on the first request
         self._onnx = onnx_forward
+        # Penultimate-layer features: probed once (one small forward) so an architecture whose head is not
+        # classifier(pre_logits) reports them unavailable instead of computing wrong ones.
+        self.features_unavailable: str | None = None  # why there are no features, when there are none
+        self.feature_dim: int | None = None
+        try:
+            self.feature_dim = feature_split.probe_feature_dim(self.loaded.model, loaded.preprocessing.input_size)
+        except feature_split.FeatureSplitError as err:
+            self.features_unavailable = f"{loaded.architecture}: {err}"
+        if onnx_forward is not None and not onnx_forward.has_features:
+            self.features_unavailable = (f"{onnx_forward.source} outputs logits only; re-export it with "
+                                         "`python -m skinlesion.export onnx --model FOLDER`")
+        self.ood_detector = ood_detector
+        self.case_index = case_index
+        if ood_detector is not None and ood_detector.needs_features:
+            self._require_features(ood_detector.source)
+            ood_detector.check_feature_dim(self.feature_dim)
+        if case_index is not None:
+            self._require_features(case_index.source)
+            case_index.check_feature_dim(self.feature_dim)
+        if cases_k < 1 or vote_k < 1:
+            raise ValueError(f"cases_k and vote_k must be at least 1, got {cases_k} and {vote_k}")
+        self.cases_k, self.vote_k = int(cases_k), int(vote_k)
         transform = eval_transform(loaded.preprocessing)
         # eval_transform is [eval_geometry, to-float ops]: split it so the uint8 crop ("what the model
         # sees") and the tensor come from one resize, through exactly the transforms evaluation uses.
@@ -167,7 +234,8 @@ class Predictor:
         onnx_forward = None
         if _want_onnx(folder, use_onnx, dev):
             onnx_forward = OnnxForward(folder / ONNX_FILE, folder / MODEL_WEIGHTS_FILE)
-        return cls(loaded, tta=tta, device=dev, onnx_forward=onnx_forward)
+        detector, index = load_feature_extras(folder, loaded)
+        return cls(loaded, tta=tta, device=dev, onnx_forward=onnx_forward, ood_detector=detector, case_index=index)
 
     # -- the parts --------------------------------------------------------------------------------
     @property
@@ -183,6 +251,28 @@ class Predictor:
         """"onnxruntime" or "torch": what `forward_views` runs on."""
         return "onnxruntime" if self._onnx is not None else "torch"
 
+    @property
+    def ood_status(self) -> str:
+        """One line for people: which out-of-distribution check runs, or why none does."""
+        if self.ood_detector is None:
+            return f"Out-of-distribution check unavailable: {OOD_UNAVAILABLE}."
+        d = self.ood_detector
+        share = f"{100 * d.quantile:g}% of validation images" if d.quantile is not None else "validation images"
+        return (f"Out-of-distribution check: {d.method} score on the model's features, threshold {d.threshold:.4g} "
+                f"(flags {share}).")
+
+    @property
+    def cases_status(self) -> str:
+        if self.case_index is None:
+            return f"Similar cases unavailable: {CASES_UNAVAILABLE}."
+        return (f"Similar cases: {len(self.case_index)} training images, k = {self.cases_k} nearest lesions shown, "
+                f"vote over {self.vote_k}.")
+
+    def _require_features(self, source: str) -> None:
+        if self.features_unavailable is not None:
+            raise ModelFolderError(f"{source} needs the model's penultimate-layer features, which are unavailable: "
+                                   f"{self.features_unavailable}")
+
     def preprocess(self, image: ImageSource) -> tuple[torch.Tensor, Image.Image]:
         """Any image source -> (normalised (3, S, S) tensor, the uint8 S x S crop as the model sees it)."""
         return self._preprocess_rgb(load_rgb(image))
@@ -194,18 +284,47 @@ class Predictor:
 
     def forward_views(self, x: torch.Tensor, tta: str | None = None) -> torch.Tensor:
         """(B, 3, H, W) normalised -> (V, B, K) raw logits from ONE batched forward over all TTA views."""
+        return self.forward_views_with_features(x, tta)[0]
+
+    def forward_views_with_features(self, x: torch.Tensor, tta: str | None = None
+                                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, 3, H, W) -> ((V, B, K) raw logits, (B, D) identity-view penultimate features or None), one forward.
+
+        Features are None when this model has none (`features_unavailable` says why).
+        """
         views = tta_views.get_views(tta or self.tta)
+        n = x.shape[0]
         with torch.inference_mode():
             if self._onnx is not None:
-                logits = self._onnx(tta_views.stack_views(x, views))  # (V*B, K)
-                return logits.reshape(len(views), x.shape[0], -1)
+                logits, feats = self._onnx.logits_and_features(tta_views.stack_views(x, views))  # (V*B, K), (V*B, D)
+                return logits.reshape(len(views), n, -1), (feats[:n].float() if feats is not None else None)
             with self._lock:
-                return tta_views.tta_logits(self.loaded.model, x.to(self.device), views).float()
+                if self.features_unavailable is not None:
+                    return tta_views.tta_logits(self.loaded.model, x.to(self.device), views).float(), None
+                logits, feats = feature_split.tta_logits_and_features(self.loaded.model, x.to(self.device), views)
+                return logits.float(), feats.float().cpu()
 
     # -- predictions --------------------------------------------------------------------------------
-    def predictions_from_logits(self, view_logits: torch.Tensor, *, tta: str | None = None, top_k: int = 3,
+    def ood_scores(self, view_logits: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor | None:
+        """(V, B, K) logits and (B, D) identity-view features -> (B,) detector scores; None without a detector."""
+        if self.ood_detector is None or (features is None and self.ood_detector.needs_features):
+            return None
+        return self.ood_detector.score(features, view_logits[0].float())
+
+    def nearest_cases(self, features: torch.Tensor | None, *, exclude: torch.Tensor | None = None
+                      ) -> list[list[cases.Case]] | None:
+        """(B, D) features -> per image the max(cases_k, vote_k) nearest lesions; None without an index."""
+        if self.case_index is None or features is None:
+            return None
+        return self.case_index.search(features, max(self.cases_k, self.vote_k), exclude=exclude)
+
+    def predictions_from_logits(self, view_logits: torch.Tensor, *, features: torch.Tensor | None = None,
+                                tta: str | None = None, top_k: int = 3,
                                 model_inputs: Sequence[Image.Image | None] | None = None) -> list[Prediction]:
-        """(V, B, K) view logits (from `forward_views`) -> B predictions."""
+        """(V, B, K) view logits and (B, D) features (from `forward_views_with_features`) -> B predictions.
+
+        Without `features` the features-based parts (OOD check, similar cases) are reported unavailable.
+        """
         mode = tta or self.tta
         n_views, batch, n_classes = view_logits.shape
         if n_classes != len(self.label_names):
@@ -215,12 +334,13 @@ class Predictor:
         view_logits = view_logits.detach().float().cpu()
         temperature = self.loaded.temperature
         probs = calibration.calibrated_probs(view_logits, temperature)   # (B, K)
-        scores = calibration.energy_score(view_logits, temperature)      # (B,)
+        energies = calibration.energy_score(view_logits, temperature)    # (B,)
+        detector_scores = self.ood_scores(view_logits, features)         # (B,) or None
+        neighbours = self.nearest_cases(features)
         view_argmax = view_logits.argmax(dim=-1)                         # (V, B)
         final = probs.argmax(dim=-1)                                     # (B,)
         agreement = (view_argmax == final.unsqueeze(0)).float().mean(dim=0)
-        ood = self.loaded.extras.get("ood") or {}
-        threshold = ood.get("threshold")
+        detector = self.ood_detector if detector_scores is not None else None
         uncertain_below = float(self.loaded.extras.get("uncertain_below", DEFAULT_UNCERTAIN_BELOW))
         malignant = malignant_indices(self.label_names)
         k = max(1, min(int(top_k), n_classes))
@@ -230,7 +350,8 @@ class Predictor:
             p = probs[b].tolist()
             label = names[int(final[b])]
             order = sorted(range(n_classes), key=lambda i: p[i], reverse=True)[:k]
-            score = float(scores[b])
+            score = float(detector_scores[b]) if detector is not None else float(energies[b])
+            found = neighbours[b] if neighbours is not None else None
             results.append(Prediction(
                 label=label,
                 label_name=describe_label(label).name,
@@ -241,9 +362,14 @@ class Predictor:
                 agreement=float(agreement[b]),
                 view_labels=[names[int(i)] for i in view_argmax[:, b]],
                 ood_score=score,
-                out_of_distribution=bool(threshold is not None and score < float(threshold)),
+                out_of_distribution=bool(detector is not None and score < detector.threshold),
                 uncertain=bool(p[int(final[b])] < uncertain_below or float(agreement[b]) < MIN_AGREEMENT),
                 tta=mode,
+                ood_method=detector.method if detector is not None else None,
+                ood_threshold=float(detector.threshold) if detector is not None else None,
+                energy_score=float(energies[b]),
+                similar_cases=None if found is None else [c.to_dict() for c in found[:self.cases_k]],
+                retrieval_vote=None if found is None else cases.retrieval_vote(found[:self.vote_k], names),
                 model_input=model_inputs[b] if model_inputs is not None else None,
             ))
         return results
@@ -251,8 +377,8 @@ class Predictor:
     def predict_tensors(self, x: torch.Tensor, *, tta: str | None = None, top_k: int = 3,
                         model_inputs: Sequence[Image.Image | None] | None = None) -> list[Prediction]:
         """(B, 3, S, S) preprocessed batch -> B predictions (the CLIs' batched path)."""
-        return self.predictions_from_logits(self.forward_views(x, tta), tta=tta, top_k=top_k,
-                                            model_inputs=model_inputs)
+        logits, feats = self.forward_views_with_features(x, tta)
+        return self.predictions_from_logits(logits, features=feats, tta=tta, top_k=top_k, model_inputs=model_inputs)
 
     def predict(self, images: ImageSource | Sequence[ImageSource], tta: str | None = None, top_k: int = 3,
                 *, batch_size: int = 32) -> Prediction | list[Prediction]:
@@ -295,8 +421,8 @@ class Predictor:
         rgb = load_rgb(image)
         x, model_input = self._preprocess_rgb(rgb)
         batch = x.unsqueeze(0)
-        prediction = self.predictions_from_logits(self.forward_views(batch, mode), tta=mode,
-                                                  model_inputs=[model_input])[0]
+        logits, feats = self.forward_views_with_features(batch, mode)
+        prediction = self.predictions_from_logits(logits, features=feats, tta=mode, model_inputs=[model_input])[0]
         index = self.class_index(prediction.label) if target_index is None else target_index
         target_label = self.label_names[index]
         with self._lock:
@@ -305,3 +431,20 @@ class Predictor:
         blended = overlay.overlay_heatmap(rgb, heatmap, alpha=alpha, box=overlay.input_box(rgb.size, self.preprocessing))
         return Explanation(heatmap=heatmap, overlay=blended, target_label=target_label, method=method.lower(),
                            prediction=prediction)
+
+
+def load_feature_extras(folder: Path, loaded: LoadedModel) -> tuple[ood.OodDetector | None, cases.CaseIndex | None]:
+    """The folder's OOD detector and case index (None when config.json names none), checked against the
+    folder's weights (sha256) and, for the index, its split manifest."""
+    extras = loaded.extras
+    if not extras.get(ood.EXTRAS_KEY) and not extras.get(cases.EXTRAS_KEY):
+        return None, None
+    weights_sha = file_sha256(folder / MODEL_WEIGHTS_FILE)
+    manifest_sha = extras.get("manifest_sha256")
+    if manifest_sha is None and (folder / MANIFEST_FILE).is_file():
+        from .data.splits import manifest_hash
+
+        manifest_sha = manifest_hash(folder / MANIFEST_FILE)
+    detector = ood.load_detector(folder, extras, weights_sha256=weights_sha)
+    index = cases.load_index(folder, extras, manifest_sha256=manifest_sha, weights_sha256=weights_sha)
+    return detector, index

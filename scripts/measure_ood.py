@@ -1,0 +1,178 @@
+"""Compare out-of-distribution detectors and case-index settings on one model's features (the numbers
+behind the defaults of `python -m skinlesion.fit_features`; README "Not a dermoscopic image?").
+
+    python scripts/make_ood_folders.py --out runs/ood_sets
+    nice -n 19 python scripts/measure_ood.py --model weights --data ../shared/data/HAM10000 \
+        --external ../shared/data/ISIC2017_test --ood-root runs/ood_sets --out runs/ood_measure
+
+Features (identity view, `Predictor.forward_views_with_features`) of the HAM10000 train / val / test
+splits (the model folder's manifest), of the external set and of every sub-folder of --ood-root are
+computed once and cached in --out (features and logits only, never pixels). Then, for each candidate
+(energy, Mahalanobis on raw or L2-normalised features, k-NN cosine at several k) fitted on TRAIN with
+its threshold at a quantile of VAL: the share of each OOD folder flagged, the false flags on the HAM10000
+test split and on the external set, and the threshold-free AUROC of each folder against the test split.
+For the case index: precision@5 and the retrieval vote's balanced accuracy on VAL queries for several
+PCA sizes and vote sizes, beside the softmax.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+from skinlesion import cases, ood
+from skinlesion.constants import MANIFEST_FILE
+from skinlesion.data import load_table, read_manifest, select_split
+from skinlesion.evaluation import collect_view_logits, folder_features
+from skinlesion.predictor import Predictor, file_sha256
+
+CANDIDATES = [("energy", {}), ("mahalanobis", {}), ("mahalanobis_l2", {}), ("knn", {"knn_k": 1}),
+              ("knn", {"knn_k": 10}), ("knn", {"knn_k": 50})]
+QUANTILES = (0.01, 0.02, 0.05)
+
+
+def cached(out: Path, name: str, compute) -> dict[str, np.ndarray]:
+    path = out / f"features_{name}.npz"
+    if path.is_file():
+        return dict(np.load(path, allow_pickle=False))
+    arrays = compute()
+    np.savez_compressed(path, **arrays)
+    return arrays
+
+
+def table_arrays(predictor, table, limit: int, seed: int, batch_size: int, workers: int) -> dict[str, np.ndarray]:
+    from skinlesion.fit_features import subsample
+
+    table = subsample(table, limit, seed)
+    out = collect_view_logits(predictor, table, "none", batch_size=batch_size, workers=workers, progress=True)
+    return {"features": out.features.numpy(), "logits": out.logits[0].numpy(), "targets": out.targets.numpy(),
+            "image_ids": np.asarray(table.frame["image_id"], dtype=str),
+            "groups": np.asarray(table.frame["group"].astype(str), dtype=str)}
+
+
+def folder_arrays(predictor, folder: Path, batch_size: int) -> dict[str, np.ndarray]:
+    paths, logits, feats = folder_features(predictor, folder, batch_size=batch_size)
+    return {"features": feats.numpy(), "logits": logits[0].numpy(), "paths": np.asarray([p.name for p in paths])}
+
+
+def detector_rows(sets: dict[str, dict], ood_names: list[str], external: str | None, n_classes: int,
+                  temperature: float) -> list[dict]:
+    train = sets["train"]
+    rows = []
+    for method, kwargs in CANDIDATES:
+        stats, params = ood.fit_stats(method, torch.from_numpy(train["features"]), torch.from_numpy(train["targets"]),
+                                      n_classes, temperature=temperature, **kwargs)
+
+        def scores(arrays, method=method, stats=stats, params=params):
+            return ood.score(method, stats, params, torch.from_numpy(arrays["features"]),
+                             torch.from_numpy(arrays["logits"])).numpy()
+
+        s = {name: scores(arrays) for name, arrays in sets.items() if name != "train"}
+        name = method + (f"_k{kwargs['knn_k']}" if "knn_k" in kwargs else "")
+        for q in QUANTILES:
+            threshold = ood.threshold_at(s["val"], q)
+            row = {"method": name, "quantile": q, "threshold": threshold,
+                   "ham_test_false_flags": float((s["test"] < threshold).mean())}
+            if external:
+                row["external_false_flags"] = float((s[external] < threshold).mean())
+            for folder in ood_names:
+                row[f"flag:{folder}"] = float((s[folder] < threshold).mean())
+            all_ood = np.concatenate([s[f] for f in ood_names])
+            row["flag:all_ood"] = float((all_ood < threshold).mean())
+            row["min_folder_flag"] = min(row[f"flag:{f}"] for f in ood_names)
+            rows.append(row)
+        for folder in ood_names:  # threshold-free: how well the score separates each folder from test
+            y = np.r_[np.zeros(len(s["test"])), np.ones(len(s[folder]))]
+            rows[-1].setdefault("auroc", {})[folder] = float(roc_auc_score(y, -np.r_[s["test"], s[folder]]))
+    return rows
+
+
+def retrieval_rows(sets: dict[str, dict], label_names: list[str], dims_list, vote_ks) -> list[dict]:
+    train, val = sets["train"], sets["val"]
+    feats = torch.from_numpy(train["features"])
+    queries = torch.from_numpy(val["features"])
+    y = val["targets"]
+    rows = []
+    softmax_bal = float(balanced_accuracy_score(y, val["logits"].argmax(1)))
+    for dims in dims_list:
+        index = cases.build_index(feats, image_ids=list(train["image_ids"]),
+                                  labels=[label_names[t] for t in train["targets"]], dx_types=[None] * len(feats),
+                                  lesion_ids=list(train["groups"]), manifest_sha256="x", dims=dims)
+        neighbours = index.search(queries, max(vote_ks))
+        p5 = cases.precision_at_k([label_names[t] for t in y], neighbours, 5)
+        for vote_k in vote_ks:
+            votes = np.array([[v[c] for c in label_names]
+                              for v in (cases.retrieval_vote(n[:vote_k], label_names) for n in neighbours)])
+            rows.append({"dims": index.dims, "vote_k": vote_k, "precision_at_5_macro": p5["macro"],
+                         "vote_balanced_accuracy": float(balanced_accuracy_score(y, votes.argmax(1))),
+                         "softmax_balanced_accuracy_no_tta": softmax_bal,
+                         "index_mb_fp16": round(len(index) * index.dims * 2 / 2**20, 2)})
+    return rows
+
+
+def markdown(rows: list[dict], ood_names: list[str], external: str | None) -> str:
+    cols = ["method", "quantile", "ham_test_false_flags"] + (["external_false_flags"] if external else []) + \
+        [f"flag:{f}" for f in ood_names] + ["flag:all_ood"]
+    lines = ["| " + " | ".join(c.replace("flag:", "") for c in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", required=True, help="HAM10000 (split by the model folder's manifest)")
+    parser.add_argument("--external", default=None, help="an external labelled dermoscopy set, e.g. ISIC 2017 test")
+    parser.add_argument("--ood-root", type=Path, required=True, help="folder of folders of non-dermoscopic images")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--limit", type=int, default=0, help="at most N images per labelled set (0 = all)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--dims", type=int, nargs="+", default=[64, 128, 256, 100000])
+    parser.add_argument("--vote-k", type=int, nargs="+", default=[5, 10, 20])
+    args = parser.parse_args()
+
+    predictor = Predictor.from_pretrained(args.model, use_onnx=False, tta="none")
+    folder = Path(args.model)
+    cache = args.out / file_sha256(folder / "model.safetensors")[:12] / (f"limit{args.limit}" if args.limit else "all")
+    cache.mkdir(parents=True, exist_ok=True)
+    ham = load_table(args.data)
+    manifest = read_manifest(folder / MANIFEST_FILE)
+    sets: dict[str, dict] = {}
+    for split in ("train", "val", "test"):
+        sets[split] = cached(cache, split, lambda split=split: table_arrays(
+            predictor, select_split(ham, manifest, split), args.limit, 0, args.batch_size, args.workers))
+    external = None
+    if args.external:
+        external = Path(args.external).name
+        sets[external] = cached(cache, external, lambda: table_arrays(
+            predictor, load_table(args.external), args.limit, 0, args.batch_size, args.workers))
+    ood_names = sorted(p.name for p in args.ood_root.iterdir() if p.is_dir())
+    for name in ood_names:
+        sets[name] = cached(cache, f"ood_{name}", lambda name=name: folder_arrays(
+            predictor, args.ood_root / name, args.batch_size))
+    labels = list(predictor.label_names)
+    rows = detector_rows(sets, ood_names, external, len(labels), predictor.loaded.temperature)
+    retrieval = retrieval_rows(sets, labels, args.dims, args.vote_k)
+    result = {"model": str(args.model), "architecture": predictor.loaded.architecture,
+              "feature_dim": predictor.feature_dim, "n": {k: int(len(v["features"])) for k, v in sets.items()},
+              "detectors": rows, "retrieval": retrieval}
+    (args.out / "measure_ood.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(rows, ood_names, external)
+    (args.out / "measure_ood.md").write_text(table + "\n")
+    print(json.dumps(result["n"]))
+    print(table)
+    for r in retrieval:
+        print(r)
+    for r in rows[2::len(QUANTILES)]:
+        print(r["method"], {k: round(v, 3) for k, v in r.get("auroc", {}).items()})
+
+
+if __name__ == "__main__":
+    main()

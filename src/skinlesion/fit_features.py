@@ -1,0 +1,240 @@
+"""`python -m skinlesion.fit_features --model FOLDER --data DATA`: after training, fit what the features serve.
+
+One pass over the TRAINING split's penultimate-layer features (identity view, one forward with the
+logits, `features.py`) serves both:
+- the out-of-distribution detector (`ood.py`): statistics fitted on the training split, threshold at
+  the `--ood-quantile` of the VALIDATION split's scores -> `ood_stats.safetensors` + config.json
+  `skinlesion.ood_detector`;
+- the similar-cases index (`cases.py`): the training images' reduced, normalised features with image id,
+  label, dx_type and lesion id -> `case_index.safetensors` + config.json `skinlesion.case_index`.
+
+The split comes from the model folder's own split manifest (or `--manifest`, which must be the same
+file: an index built from another split would show the model's test images as "similar cases").
+Both files record the sha256 of the weights, so they are refused after retraining: rerun this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import cases, ood
+from .constants import MANIFEST_FILE, MODEL_WEIGHTS_FILE
+from .data import DataError, LesionTable, load_table, read_manifest, select_split
+from .data.sources import LAYOUTS, find_ham_csv
+from .data.splits import manifest_hash
+from .hub import HubUnavailableError
+from .imageio import ImageLoadError
+from .modelfolder import ModelFolderError, update_extras
+from .taxonomy import parse_label_map
+
+
+@dataclass(frozen=True)
+class FitFeaturesConfig:
+    """Everything one fitting run needs; built once from the command line."""
+
+    model: str                              # local model folder (written into)
+    data: str                               # the training data set (any layout `load_table` reads)
+    manifest: str | None = None             # None = the model folder's split_manifest.csv
+    layout: str | None = None               # None = auto-detect
+    label_map: dict[str, str] = field(default_factory=dict)
+    fit_ood: bool = True                    # fit the OOD detector
+    ood_method: str = ood.DEFAULT_METHOD    # one of ood.METHODS
+    ood_quantile: float = ood.DEFAULT_QUANTILE  # share of validation images the threshold flags
+    knn_k: int = ood.DEFAULT_KNN_K          # k of the knn method
+    build_index: bool = True                # build the case index
+    index_dims: int = cases.DEFAULT_DIMS    # PCA dimensions of the index vectors
+    batch_size: int = 64
+    workers: int = 2                        # DataLoader processes decoding images
+    limit: int = 0                          # at most this many images per split, seeded (0 = all): quick trials
+    seed: int = 0
+    save_features: str | None = None        # .npz of the train features (no pixels), for analysis
+    progress: bool = True
+    command: str | None = None              # the command line, recorded in config.json
+
+
+@dataclass
+class SplitFeatures:
+    features: torch.Tensor     # (N, D) identity-view penultimate features
+    logits: torch.Tensor       # (N, K) identity-view logits
+    targets: torch.Tensor      # (N,) model class indices
+    frame: pd.DataFrame        # the table rows, in the same order
+
+
+def subsample(table: LesionTable, limit: int, seed: int) -> LesionTable:
+    if limit <= 0 or len(table.frame) <= limit:
+        return table
+    rows = np.sort(np.random.default_rng(seed).choice(len(table.frame), size=limit, replace=False))
+    return LesionTable(frame=table.frame.iloc[rows].reset_index(drop=True), layout=table.layout, root=table.root,
+                       problems=list(table.problems), counters=dict(table.counters))
+
+
+def split_features(predictor, table: LesionTable, cfg: FitFeaturesConfig) -> SplitFeatures:
+    from .evaluation import collect_view_logits
+
+    out = collect_view_logits(predictor, table, "none", batch_size=cfg.batch_size, workers=cfg.workers,
+                              progress=cfg.progress)
+    if out.features is None:
+        raise ModelFolderError(f"{cfg.model}: the model has no penultimate-layer features "
+                               f"({predictor.features_unavailable})")
+    return SplitFeatures(features=out.features, logits=out.logits[0], targets=out.targets, frame=table.frame)
+
+
+def dx_types(table: LesionTable) -> list[str | None]:
+    """HAM10000's `dx_type` per row (histo, follow_up, consensus, confocal), read from its metadata CSV;
+    None for other layouts, which do not record how the diagnosis was confirmed."""
+    if table.layout != "ham10000":
+        return [None] * len(table.frame)
+    csv_path = find_ham_csv(Path(table.root))
+    if csv_path is None:
+        return [None] * len(table.frame)
+    meta = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    if "dx_type" not in meta.columns:
+        return [None] * len(table.frame)
+    by_id = dict(zip(meta["image_id"].str.strip(), meta["dx_type"].str.strip(), strict=True))
+    return [by_id.get(str(i)) or None for i in table.frame["image_id"]]
+
+
+def resolve_manifest(folder: Path, manifest: str | None, extras: dict) -> tuple[Path, str]:
+    """The manifest to split with and its sha256; refuses one that is not the model's own."""
+    path = Path(manifest) if manifest else folder / MANIFEST_FILE
+    if not path.is_file():
+        raise DataError(f"{path}: split manifest not found; the model folder should hold the {MANIFEST_FILE} it "
+                        "was trained with (or pass --manifest)")
+    digest = manifest_hash(path)
+    recorded = extras.get("manifest_sha256")
+    if recorded is None and path != folder / MANIFEST_FILE and (folder / MANIFEST_FILE).is_file():
+        recorded = manifest_hash(folder / MANIFEST_FILE)
+    if recorded is not None and recorded != digest:
+        raise cases.ManifestMismatchError(
+            f"{path} (sha256 {digest[:12]}) is not the split manifest {folder} was trained with ({recorded[:12]}); "
+            "images from a model folder's index must never be shown for a model trained on another split")
+    return path, digest
+
+
+def run(cfg: FitFeaturesConfig) -> dict:
+    """Fit the detector and/or build the index; write them into the model folder; return a summary."""
+    from .predictor import Predictor, file_sha256
+
+    if not (cfg.fit_ood or cfg.build_index):
+        raise ValueError("nothing to do: both --no-ood and --no-index were given")
+    ood.check_method(cfg.ood_method)
+    folder = Path(cfg.model)
+    if not folder.is_dir():
+        raise ModelFolderError(f"{folder}: not a local model folder (fit_features writes into it)")
+    started = time.perf_counter()
+    # use_onnx=False: features from the eager model, which every other path is checked against.
+    predictor = Predictor.from_pretrained(folder, use_onnx=False, tta="none")
+    if predictor.features_unavailable is not None:
+        raise ModelFolderError(f"{folder}: no penultimate-layer features ({predictor.features_unavailable})")
+    weights_sha = file_sha256(folder / MODEL_WEIGHTS_FILE)
+    manifest_path, manifest_sha = resolve_manifest(folder, cfg.manifest, predictor.loaded.extras)
+    table = load_table(cfg.data, layout=cfg.layout, label_map=cfg.label_map)
+    manifest = read_manifest(manifest_path)
+    train = split_features(predictor, subsample(select_split(table, manifest, "train"), cfg.limit, cfg.seed), cfg)
+    summary: dict = {"model": str(folder), "data": cfg.data, "manifest": str(manifest_path),
+                     "manifest_sha256": manifest_sha, "feature_dim": int(train.features.shape[1]),
+                     "n_train": int(train.features.shape[0]), "limit": cfg.limit}
+    labels = list(predictor.label_names)
+    record = {"fitted_on": {"train": int(train.features.shape[0])}, "manifest_sha256": manifest_sha,
+              "command": cfg.command}
+    if cfg.fit_ood:
+        val = split_features(predictor, subsample(select_split(table, manifest, "val"), cfg.limit, cfg.seed), cfg)
+        stats, params = ood.fit_stats(cfg.ood_method, train.features, train.targets, len(labels), knn_k=cfg.knn_k,
+                                      temperature=predictor.loaded.temperature)
+        val_scores = ood.score(cfg.ood_method, stats, params, val.features, val.logits)
+        detector = ood.OodDetector(method=cfg.ood_method, threshold=ood.threshold_at(val_scores, cfg.ood_quantile),
+                                   feature_dim=int(train.features.shape[1]), stats=stats, params=params,
+                                   quantile=cfg.ood_quantile, weights_sha256=weights_sha)
+        train_scores = detector.score(train.features, train.logits)
+        ood.save_detector(folder, detector)
+        entry = ood.config_entry(detector, **{**record, "fitted_on": {"train": int(train.features.shape[0]),
+                                                                      "val": int(val.features.shape[0])}},
+                                 val_flag_rate=float((val_scores < detector.threshold).float().mean()),
+                                 train_flag_rate=float((train_scores < detector.threshold).float().mean()))
+        update_extras(folder, **{ood.EXTRAS_KEY: entry})
+        summary["ood"] = entry
+    if cfg.build_index:
+        index = cases.build_index(train.features, image_ids=[str(i) for i in train.frame["image_id"]],
+                                  labels=[str(x) for x in train.frame["label"]], dx_types=dx_types(
+                                      LesionTable(frame=train.frame, layout=table.layout, root=table.root)),
+                                  lesion_ids=[None if g is None else str(g) for g in train.frame["group"]],
+                                  manifest_sha256=manifest_sha, weights_sha256=weights_sha, dims=cfg.index_dims)
+        index.source = str(folder / cases.CASE_INDEX_FILE)
+        path = cases.save_index(folder, index)
+        entry = cases.config_entry(index, **record, bytes=path.stat().st_size)
+        update_extras(folder, **{cases.EXTRAS_KEY: entry})
+        summary["case_index"] = entry
+    if cfg.save_features:
+        out = Path(cfg.save_features)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(out, train_features=train.features.numpy(), train_logits=train.logits.numpy(),
+                            train_targets=train.targets.numpy(),
+                            train_image_ids=np.asarray(train.frame["image_id"], dtype=str))
+        summary["saved_features"] = str(out)
+    summary["elapsed_seconds"] = round(time.perf_counter() - started, 1)
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m skinlesion.fit_features", description=__doc__.split("\n")[0],
+                                     epilog="Example: python -m skinlesion.fit_features --model weights "
+                                            "--data ../shared/data/HAM10000")
+    parser.add_argument("--model", required=True, help="local model folder (the files are written into it)")
+    g = parser.add_argument_group("data")
+    g.add_argument("--data", required=True, help="the training data set the model folder was trained on")
+    g.add_argument("--manifest", default=None, help="split manifest (default: the folder's split_manifest.csv)")
+    g.add_argument("--layout", choices=LAYOUTS, default=None, help="override the auto-detected layout")
+    g.add_argument("--label-map", default=None, metavar="SRC=DST,...", help="map data labels onto model labels")
+    g.add_argument("--limit", type=int, default=0, help="at most N images per split (seeded; 0 = all): trial runs")
+    g.add_argument("--seed", type=int, default=0)
+    g = parser.add_argument_group("out-of-distribution detector")
+    g.add_argument("--ood", action=argparse.BooleanOptionalAction, default=True, help="fit the OOD detector")
+    g.add_argument("--ood-method", choices=ood.METHODS, default=ood.DEFAULT_METHOD)
+    g.add_argument("--ood-quantile", type=float, default=ood.DEFAULT_QUANTILE,
+                   help="share of VALIDATION images below the threshold (the expected false-flag rate)")
+    g.add_argument("--knn-k", type=int, default=ood.DEFAULT_KNN_K, help="k of --ood-method knn")
+    g = parser.add_argument_group("similar-cases index")
+    g.add_argument("--index", action=argparse.BooleanOptionalAction, default=True, help="build the case index")
+    g.add_argument("--index-dims", type=int, default=cases.DEFAULT_DIMS, help="PCA dimensions of the index")
+    g = parser.add_argument_group("run")
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding images")
+    g.add_argument("--save-features", default=None, metavar="NPZ", help="also save the train features (no pixels)")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, argv: list[str] | None = None) -> FitFeaturesConfig:
+    return FitFeaturesConfig(model=args.model, data=args.data, manifest=args.manifest, layout=args.layout,
+                             label_map=parse_label_map(args.label_map), fit_ood=args.ood, ood_method=args.ood_method,
+                             ood_quantile=args.ood_quantile, knn_k=args.knn_k, build_index=args.index,
+                             index_dims=args.index_dims, batch_size=args.batch_size, workers=args.workers,
+                             limit=args.limit, seed=args.seed, save_features=args.save_features,
+                             progress=args.progress,
+                             command=" ".join(["python -m skinlesion.fit_features",
+                                               *map(shlex.quote, sys.argv[1:] if argv is None else argv)]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = config_from_args(build_parser().parse_args(argv), argv)
+    try:
+        summary = run(cfg)
+    except (DataError, ModelFolderError, HubUnavailableError, ImageLoadError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({"config": asdict(cfg), **summary}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

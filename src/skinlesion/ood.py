@@ -1,0 +1,233 @@
+"""Is this a dermoscopic image at all? Out-of-distribution detectors on the served model's features.
+
+Every detector maps an image to one score, **higher = more like the training images**, and flags the
+image when its score is below a threshold chosen on the VALIDATION split (the `quantile` of validation
+images that would be flagged). Statistics are fitted on the TRAINING split's penultimate-layer
+features (`features.py`: identity view, one forward with the logits). Candidates, compared by
+`scripts/measure_ood.py` (README "Not a dermoscopic image?"):
+
+- `energy`: T * logsumexp(logits / T) of the identity view (Liu et al. 2020), softmax-only.
+- `mahalanobis`: minus the smallest class-conditional Mahalanobis distance, class means and one shared
+  covariance (Lee et al. 2018), Ledoit-Wolf shrinkage so the inverse exists.
+- `mahalanobis_l2`: the same on L2-normalised features.
+- `knn`: cosine similarity to the k-th nearest training feature (Sun et al. 2022).
+
+Storage: the tensors in `ood_stats.safetensors` (never pickles), with the method, feature dimension and
+the sha256 of the weights they were fitted for in its metadata; method, threshold and quantile in
+config.json's `skinlesion.ood_detector`. Anything that does not fit together raises `OodStatsError`
+naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from . import calibration
+from .features import l2_normalise
+from .modelfolder import OOD_STATS_FILE, ModelFolderError
+
+Tensor = torch.Tensor
+
+EXTRAS_KEY = "ood_detector"          # config.json skinlesion section
+FORMAT = "skinlesion-ood-stats-1"
+METHODS = ("mahalanobis", "mahalanobis_l2", "knn", "energy")
+DEFAULT_METHOD = "mahalanobis"       # chosen by measurement: README "Not a dermoscopic image?"
+DEFAULT_QUANTILE = 0.01
+DEFAULT_KNN_K = 10
+# What each method stores, and which tensors have the feature dimension as their last axis.
+REQUIRED_TENSORS = {"mahalanobis": ("means", "precision"), "mahalanobis_l2": ("means", "precision"),
+                    "knn": ("bank",), "energy": ()}
+SCORE_CHUNK = 1024                   # rows scored at once (bounds the (B, K, D) difference tensor)
+
+
+class OodStatsError(ModelFolderError):
+    """The detector statistics are missing, unreadable, or do not belong to this model."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting and scoring: pure functions on tensors
+# ---------------------------------------------------------------------------------------------
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"unknown OOD method {method!r}; choose one of {list(METHODS)}")
+    return method
+
+
+def fit_stats(method: str, features: Tensor, labels: Tensor, num_classes: int, *, knn_k: int = DEFAULT_KNN_K,
+              temperature: float = 1.0) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """TRAINING features (N, D) and class indices (N,) -> (tensors to save, small JSON-able params)."""
+    check_method(method)
+    if method == "energy":
+        return {}, {"temperature": float(temperature)}
+    if features.dim() != 2 or features.shape[0] != labels.shape[0]:
+        raise ValueError(f"features {tuple(features.shape)} and labels {tuple(labels.shape)} do not match")
+    if method == "knn":
+        if knn_k < 1 or knn_k > features.shape[0]:
+            raise ValueError(f"knn_k must be between 1 and the number of training images ({features.shape[0]})")
+        # fp16 halves the file; cosine similarities of unit vectors lose ~1e-3, far below the margins.
+        return {"bank": l2_normalise(features).half().contiguous()}, {"k": int(knn_k)}
+    from sklearn.covariance import LedoitWolf
+
+    x = l2_normalise(features) if method == "mahalanobis_l2" else features.float()
+    x = x.double().numpy()
+    y = labels.long().numpy()
+    present = np.unique(y)
+    means = np.zeros((num_classes, x.shape[1]))
+    for c in present:
+        means[c] = x[y == c].mean(axis=0)
+    # Shared ("tied") covariance of the class-centred features; Ledoit-Wolf keeps it invertible when
+    # D is close to N (1280-d features, a few thousand images).
+    centred = x - means[y]
+    precision = LedoitWolf(assume_centered=True).fit(centred).precision_
+    return ({"means": torch.from_numpy(means[present]).float().contiguous(),
+             "precision": torch.from_numpy(precision).float().contiguous()},
+            {"classes": [int(c) for c in present]})
+
+
+def score(method: str, stats: Mapping[str, Tensor], params: Mapping[str, Any], features: Tensor | None,
+          logits: Tensor | None) -> Tensor:
+    """(B, D) identity-view features and (B, K) identity-view logits -> (B,) scores, higher = in-distribution."""
+    check_method(method)
+    if method == "energy":
+        if logits is None:
+            raise ValueError("the energy score needs logits")
+        return calibration.energy_score(logits.float(), float(params.get("temperature", 1.0)))
+    if features is None:
+        raise ValueError(f"the {method} score needs penultimate-layer features")
+    if method == "knn":
+        bank = stats["bank"].float()                                       # (N, D), unit rows
+        k = min(int(params["k"]), bank.shape[0])
+        sims = l2_normalise(features) @ bank.T                             # (B, N) cosine similarities
+        return sims.topk(k, dim=1).values[:, -1]                           # k-th largest
+    x = l2_normalise(features) if method == "mahalanobis_l2" else features.float()
+    means, precision = stats["means"].float(), stats["precision"].float()  # (C, D), (D, D)
+    out = []
+    for chunk in x.split(SCORE_CHUNK):
+        diff = chunk[:, None, :] - means[None, :, :]                       # (b, C, D)
+        dist = torch.einsum("bcd,de,bce->bc", diff, precision, diff)       # (b, C) squared distances
+        out.append(-dist.min(dim=1).values)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def threshold_at(val_scores: Tensor | np.ndarray, quantile: float) -> float:
+    """Score below which `quantile` of the validation images fall."""
+    if not 0.0 < quantile < 0.5:
+        raise ValueError(f"quantile must be in (0, 0.5), got {quantile}")
+    return calibration.fit_ood_threshold(np.asarray(val_scores, dtype=np.float64), quantile)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fitted detector, its file and its config entry
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OodDetector:
+    """A fitted detector: flags an image when `score(...) < threshold`."""
+
+    method: str
+    threshold: float
+    feature_dim: int
+    stats: dict[str, Tensor] = field(repr=False)
+    params: dict[str, Any] = field(default_factory=dict)
+    quantile: float | None = None
+    weights_sha256: str = ""
+    source: str = ""                 # the file it was read from (error messages)
+
+    @property
+    def needs_features(self) -> bool:
+        return self.method != "energy"
+
+    def score(self, features: Tensor | None, logits: Tensor | None) -> Tensor:
+        return score(self.method, self.stats, self.params, features, logits)
+
+    def check_feature_dim(self, feature_dim: int | None) -> None:
+        if self.needs_features and feature_dim != self.feature_dim:
+            have = "no penultimate-layer features" if feature_dim is None else f"{feature_dim}-d features"
+            raise OodStatsError(f"{self.source}: statistics for {self.feature_dim}-d features, but the model has "
+                                f"{have}; refit them with `python -m skinlesion.fit_features --model FOLDER --data DATA`")
+
+
+def save_detector(folder: str | Path, detector: OodDetector) -> Path:
+    """Write `ood_stats.safetensors` atomically; returns its path."""
+    path = Path(folder) / OOD_STATS_FILE
+    tensors = {k: v.detach().cpu().contiguous() for k, v in detector.stats.items()}
+    if not tensors:
+        tensors = {"empty": torch.zeros(0)}  # safetensors files need at least one tensor
+    metadata = {"format": FORMAT, "method": detector.method, "feature_dim": str(detector.feature_dim),
+                "weights_sha256": detector.weights_sha256, "params": json.dumps(detector.params)}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ood_stats.", suffix=".safetensors")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def config_entry(detector: OodDetector, **record: Any) -> dict[str, Any]:
+    """What config.json's skinlesion.ood_detector holds (the file holds the tensors)."""
+    return {"method": detector.method, "threshold": float(detector.threshold), "quantile": detector.quantile,
+            "file": OOD_STATS_FILE, "feature_dim": detector.feature_dim, "params": dict(detector.params), **record}
+
+
+def read_safetensors(path: Path, error: type[ModelFolderError]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file, or `error` naming the file."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - safe_open has no items()
+    except (SafetensorError, OSError, ValueError) as err:
+        raise error(f"{path}: unreadable safetensors file ({err})") from err
+    return tensors, metadata
+
+
+def load_detector(folder: str | Path, extras: Mapping[str, Any], *, weights_sha256: str | None) -> OodDetector | None:
+    """The folder's detector, or None when config.json names none (the check is then unavailable)."""
+    entry = extras.get(EXTRAS_KEY)
+    if not entry:
+        return None
+    path = Path(folder) / str(entry.get("file", OOD_STATS_FILE))
+    fix = "refit with `python -m skinlesion.fit_features --model FOLDER --data DATA`"
+    if not path.is_file():
+        raise OodStatsError(f"{path}: missing, but config.json's skinlesion.{EXTRAS_KEY} names it; {fix}")
+    tensors, meta = read_safetensors(path, OodStatsError)
+    method = entry.get("method")
+    if meta.get("format") != FORMAT:
+        raise OodStatsError(f"{path}: not an OOD statistics file (format {meta.get('format')!r}, expected {FORMAT!r})")
+    if method not in METHODS or meta.get("method") != method:
+        raise OodStatsError(f"{path}: holds {meta.get('method')!r} statistics but config.json asks for {method!r}; {fix}")
+    if weights_sha256 is not None and meta.get("weights_sha256") != weights_sha256:
+        raise OodStatsError(f"{path}: fitted for other weights than this folder's model.safetensors "
+                            f"(stale after retraining?); {fix}")
+    try:
+        feature_dim = int(meta["feature_dim"])
+        params = json.loads(meta.get("params") or "{}")
+        threshold = float(entry["threshold"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise OodStatsError(f"{path}: incomplete metadata or config entry ({err!r}); {fix}") from err
+    stats = {name: tensors[name] for name in REQUIRED_TENSORS[method] if name in tensors}
+    missing = [name for name in REQUIRED_TENSORS[method] if name not in stats]
+    if missing:
+        raise OodStatsError(f"{path}: missing tensor(s) {missing} for method {method!r}; {fix}")
+    for name, tensor in stats.items():
+        if tensor.dim() != 2 or tensor.shape[-1] != feature_dim or not torch.isfinite(tensor.float()).all():
+            raise OodStatsError(f"{path}: tensor {name!r} has shape {tuple(tensor.shape)} (or non-finite values); "
+                                f"expected (*, {feature_dim}); {fix}")
+    if method.startswith("mahalanobis") and tuple(stats["precision"].shape) != (feature_dim, feature_dim):
+        raise OodStatsError(f"{path}: precision matrix has shape {tuple(stats['precision'].shape)}, expected "
+                            f"({feature_dim}, {feature_dim}); {fix}")
+    return OodDetector(method=method, threshold=threshold, feature_dim=feature_dim, stats=stats, params=params,
+                       quantile=entry.get("quantile"), weights_sha256=meta.get("weights_sha256", ""), source=str(path))

@@ -1,0 +1,246 @@
+"""The out-of-distribution check: fitted on the training split's features, thresholded on validation,
+stored in the model folder, applied on every path, refused when its file does not belong to the model."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import synthetic_lesion
+from fitted_folder import make_fitted, non_lesion_images, write_tiny_model
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from skinlesion import features as feature_split
+from skinlesion import ood
+from skinlesion.modelfolder import ModelFolderError, set_preprocessing, update_extras
+from skinlesion.predictor import Predictor
+from skinlesion.transforms import Preprocessing
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    return make_fitted(tmp_path_factory.mktemp("ood"))
+
+
+@pytest.fixture
+def fitted_copy(fitted, tmp_path):
+    """A private copy of the fitted folder, for tests that damage it."""
+    return shutil.copytree(fitted.folder, tmp_path / "model")
+
+
+# -- the shared piece: features and logits from one forward --------------------------------------------
+
+def test_split_forward_reproduces_the_logits_and_gives_the_classifier_input(fitted):
+    model = Predictor.from_pretrained(fitted.folder).loaded.model
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        logits, feats = feature_split.split_forward(model, x)
+        torch.testing.assert_close(logits, model(x))
+        torch.testing.assert_close(model.get_classifier()(feats), logits)
+    assert feats.shape == (3, 16)  # lesion_cnn's hidden layer
+
+
+def test_features_come_from_the_identity_view_whatever_the_tta(fitted):
+    predictor = Predictor.from_pretrained(fitted.folder)
+    x = predictor.preprocess(synthetic_lesion(3))[0][None]
+    feats = {mode: predictor.forward_views_with_features(x, mode)[1] for mode in ("none", "flips", "full")}
+    torch.testing.assert_close(feats["flips"], feats["none"])
+    torch.testing.assert_close(feats["full"], feats["none"])
+    flipped = predictor.forward_views_with_features(x.flip(-1), "none")[1]
+    assert not torch.allclose(flipped, feats["none"])  # the image's own orientation, not an average
+
+
+def test_a_head_that_is_not_classifier_of_pre_logits_has_no_features():
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 2)
+
+        def forward_features(self, x):
+            return x.mean(dim=(2, 3))
+
+        def forward_head(self, x, pre_logits=False):
+            return x if pre_logits else self.fc(x) * 2.0   # the classifier alone does not give the logits
+
+        def get_classifier(self):
+            return self.fc
+
+        def forward(self, x):
+            return self.forward_head(self.forward_features(x))
+
+    with pytest.raises(feature_split.FeatureSplitError, match="does not reproduce"):
+        feature_split.probe_feature_dim(Odd(), 8)
+
+
+# -- fitting and flagging -------------------------------------------------------------------------------
+
+def test_fitted_detector_flags_non_lesion_images_and_passes_a_lesion(fitted):
+    predictor = Predictor.from_pretrained(fitted.folder)
+    lesion = predictor.predict(synthetic_lesion(1234, (120, 90), label=1))
+    assert lesion.ood_method == "mahalanobis" and lesion.ood_available
+    assert lesion.out_of_distribution is False and lesion.ood_score >= lesion.ood_threshold
+    for name, image in non_lesion_images().items():
+        pred = predictor.predict(image)
+        assert pred.out_of_distribution is True, name
+        assert pred.ood_score < pred.ood_threshold, name
+
+
+def test_threshold_is_the_validation_quantile(fitted):
+    entry = json.loads((fitted.folder / "config.json").read_text())["skinlesion"]["ood_detector"]
+    predictor = Predictor.from_pretrained(fitted.folder, tta="none")
+    val = [fitted.image(i) for i in fitted.ids("val")]
+    x = torch.stack([predictor.preprocess(p)[0] for p in val])
+    logits, feats = predictor.forward_views_with_features(x)
+    scores = predictor.ood_scores(logits, feats)
+    assert entry["quantile"] == 0.05 and entry["fitted_on"] == {"train": 54, "val": 18}
+    assert entry["threshold"] == pytest.approx(float(np.quantile(scores.numpy().astype(np.float64), 0.05)), rel=1e-5)
+    assert entry["val_flag_rate"] == pytest.approx(float((scores < entry["threshold"]).float().mean()))
+    assert entry["val_flag_rate"] <= 0.05 + 1 / len(val)
+
+
+@pytest.mark.parametrize("method", ["mahalanobis", "mahalanobis_l2", "knn"])
+def test_each_feature_method_scores_far_points_below_near_ones(method):
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[3.0, 0, 0, 0], [0, 3.0, 0, 0]])
+    labels = torch.arange(200) % 2
+    train = centres[labels] + 0.3 * torch.randn(200, 4, generator=gen)
+    stats, params = ood.fit_stats(method, train, labels, 2, knn_k=5)
+    near = centres + 0.3 * torch.randn(2, 4, generator=gen)
+    far = torch.tensor([[0.0, 0, 3, 0], [0, 0, 0, -3.0]])  # other directions (L2-normalised methods too)
+    s_near, s_far = ood.score(method, stats, params, near, None), ood.score(method, stats, params, far, None)
+    assert s_near.min() > s_far.max()
+
+
+def test_energy_method_uses_identity_logits_and_its_own_temperature():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    stats, params = ood.fit_stats("energy", torch.zeros(2, 3), torch.zeros(2), 2, temperature=2.0)
+    expected = 2.0 * torch.logsumexp(logits / 2.0, dim=-1)
+    torch.testing.assert_close(ood.score("energy", stats, params, None, logits), expected)
+
+
+def test_unknown_method_and_bad_quantile_are_refused():
+    with pytest.raises(ValueError, match="unknown OOD method"):
+        ood.fit_stats("softmax", torch.zeros(4, 2), torch.zeros(4), 1)
+    with pytest.raises(ValueError, match="quantile"):
+        ood.threshold_at(np.arange(10.0), 0.7)
+
+
+# -- the folder: without statistics, broken statistics --------------------------------------------------
+
+def test_without_statistics_the_check_is_unavailable_and_never_flags(tmp_path):
+    # The energy threshold that training and --fit-temperature write stays a record; alone it flags nothing.
+    folder = write_tiny_model(tmp_path / "m")
+    update_extras(folder, ood={"score": "energy", "threshold": 1e6, "quantile": 0.01})
+    predictor = Predictor.from_pretrained(folder)
+    for image in [synthetic_lesion(5), *non_lesion_images().values()]:
+        pred = predictor.predict(image)
+        assert pred.out_of_distribution is False
+        assert pred.ood_method is None and pred.ood_available is False and pred.ood_threshold is None
+        assert pred.ood_score == pytest.approx(pred.energy_score)
+    assert "unavailable" in predictor.ood_status
+    data = predictor.predict(synthetic_lesion(5)).to_dict()
+    assert data["ood_available"] is False and data["ood_method"] is None
+
+
+def test_corrupt_statistics_file_is_a_clear_error_naming_it(fitted_copy):
+    (fitted_copy / "ood_stats.safetensors").write_bytes(b"\x00\x01 this is not a safetensors file")
+    with pytest.raises(ModelFolderError, match=r"ood_stats\.safetensors: unreadable"):
+        Predictor.from_pretrained(fitted_copy)
+
+
+def test_missing_statistics_file_named_in_the_config_is_an_error(fitted_copy):
+    (fitted_copy / "ood_stats.safetensors").unlink()
+    with pytest.raises(ModelFolderError, match=r"ood_stats\.safetensors: missing"):
+        Predictor.from_pretrained(fitted_copy)
+
+
+def test_statistics_for_another_feature_dimension_are_refused(fitted_copy):
+    path = fitted_copy / "ood_stats.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+        means = f.get_tensor("means")
+    wider = means.shape[1] + 4
+    save_file({"means": torch.zeros(means.shape[0], wider), "precision": torch.eye(wider)}, str(path),
+              metadata={**meta, "feature_dim": str(wider)})
+    with pytest.raises(ModelFolderError, match=rf"ood_stats\.safetensors: statistics for {wider}-d features.*16-d"):
+        Predictor.from_pretrained(fitted_copy)
+
+
+def test_statistics_with_inconsistent_shapes_are_refused(fitted_copy):
+    path = fitted_copy / "ood_stats.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    save_file({**tensors, "precision": tensors["precision"][:5, :]}, str(path), metadata=meta)
+    with pytest.raises(ModelFolderError, match=r"ood_stats\.safetensors: .*precision"):
+        Predictor.from_pretrained(fitted_copy)
+
+
+def test_statistics_from_other_weights_are_refused(fitted_copy, tmp_path):
+    other = write_tiny_model(tmp_path / "other", seed=1)
+    shutil.copy(other / "model.safetensors", fitted_copy / "model.safetensors")  # retrained, stats not refitted
+    with pytest.raises(ModelFolderError, match=r"ood_stats\.safetensors: fitted for other weights"):
+        Predictor.from_pretrained(fitted_copy)
+
+
+def test_new_preprocessing_drops_the_feature_extras(fitted_copy):
+    set_preprocessing(fitted_copy, Preprocessing(input_size=80))
+    extras = json.loads((fitted_copy / "config.json").read_text())["skinlesion"]
+    assert "ood_detector" not in extras and "case_index" not in extras
+    predictor = Predictor.from_pretrained(fitted_copy)  # still loads; the checks are off until refitted
+    assert predictor.ood_detector is None and predictor.case_index is None
+
+
+# -- every path: CLI, ONNX ---------------------------------------------------------------------------------
+
+def test_predict_cli_writes_the_flag_and_method(fitted, tmp_path):
+    from skinlesion.predict import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    synthetic_lesion(77, (120, 90), label=0).save(images / "lesion.png")
+    non_lesion_images()["colour noise"].save(images / "noise.png")
+    out = tmp_path / "pred.csv"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["--model", str(fitted.folder), "--images", str(images), "--out", str(out), "--no-progress"]) == 0
+    import csv
+
+    rows = {r["path"]: r for r in csv.DictReader(out.open())}
+    assert rows["noise.png"]["out_of_distribution"] == "True" and rows["lesion.png"]["out_of_distribution"] == "False"
+    assert rows["noise.png"]["ood_method"] == "mahalanobis" and float(rows["noise.png"]["ood_threshold"]) < 0
+    assert rows["lesion.png"]["nearest_cases"].startswith("ISIC_")
+
+
+def test_onnx_path_gives_the_same_flags_scores_and_cases(fitted_copy):
+    from skinlesion import export
+
+    report = export.export_onnx(fitted_copy)
+    assert report.max_rel_feature_diff is not None and report.max_rel_feature_diff < 1e-3
+    fast = Predictor.from_pretrained(fitted_copy)
+    eager = Predictor.from_pretrained(fitted_copy, use_onnx=False)
+    assert fast.backend == "onnxruntime" and fast.features_unavailable is None
+    images = [synthetic_lesion(s, (120, 90), label=s % 3) for s in range(3)] + list(non_lesion_images().values())
+    for a, b in zip(fast.predict(images), eager.predict(images), strict=True):
+        assert a.out_of_distribution == b.out_of_distribution
+        assert a.ood_score == pytest.approx(b.ood_score, rel=1e-3, abs=1e-3)
+        assert [c["image_id"] for c in a.similar_cases] == [c["image_id"] for c in b.similar_cases]
+
+
+def test_a_logits_only_onnx_file_is_refused_when_the_folder_needs_features(fitted_copy, monkeypatch):
+    from skinlesion import export
+
+    def no_split(*args, **kwargs):
+        raise feature_split.FeatureSplitError("as exported before the features output existed")
+
+    with monkeypatch.context() as patch:  # export as an old version did: logits only
+        patch.setattr(feature_split, "probe_feature_dim", no_split)
+        assert export.export_onnx(fitted_copy).max_rel_feature_diff is None
+    with pytest.raises(ModelFolderError, match=r"model\.onnx outputs logits only; re-export"):
+        Predictor.from_pretrained(fitted_copy)
+    assert Predictor.from_pretrained(fitted_copy, use_onnx=False).ood_detector is not None
