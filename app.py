@@ -30,6 +30,8 @@ import gradio as gr  # noqa: E402
 from skinlesion import app_logic as logic  # noqa: E402
 
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"
+# Clickable examples shown by default (train-split images + one non-lesion; see examples/README.md).
+SHIPPED_EXAMPLES = Path(__file__).resolve().parent / "examples"
 MAX_UPLOAD = "50mb"
 CSS = """
 .disclaimer {border-left: 4px solid #d97706; padding-left: 0.8em;}
@@ -76,8 +78,14 @@ def build_demo(registry: logic.ModelRegistry, examples_dir: str | Path | None = 
                                label="Test-time augmentation")
                 alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity")
                 run = gr.Button("Analyze", variant="primary", elem_id="analyze")
+                example_panel = None
                 if examples:
-                    gr.Examples(examples=[[str(p)] for p in examples], inputs=[image], label="Examples")
+                    # No caching: a result depends on the model and controls too, and eager caching would
+                    # run every example at start-up. A click loads the image, then runs the analysis below.
+                    example_panel = gr.Examples(examples=[[str(p)] for p in examples], inputs=[image],
+                                                label="Examples (click one; the caption is the true diagnosis)",
+                                                example_labels=logic.example_labels(examples),
+                                                cache_examples=False, elem_id="examples")
 
             with gr.Column(scale=3):
                 with gr.Tabs():
@@ -149,12 +157,15 @@ def build_demo(registry: logic.ModelRegistry, examples_dir: str | Path | None = 
         controls = [method, target, tta, alpha]
         # preprocess=False: the upload reaches app_logic undecoded, so a broken file gets our message
         # (gr.Image's own decoder would fail first with a generic one).
-        run.click(predict, [image, model, *controls],
-                  [label, overlay, heatmap, model_input, summary, warnings, agreement, details],
-                  api_name="predict", preprocess=False
-                  ).success(show_extras, [details, image],
-                            [ood_status, result_details, cases_panel, cases_status, cases_gallery, cases_table,
-                             case_query, case_selected, case_caption], api_visibility="private")
+        outputs = [label, overlay, heatmap, model_input, summary, warnings, agreement, details]
+        extras_outputs = [ood_status, result_details, cases_panel, cases_status, cases_gallery, cases_table,
+                          case_query, case_selected, case_caption]
+        run.click(predict, [image, model, *controls], outputs, api_name="predict", preprocess=False
+                  ).success(show_extras, [details, image], extras_outputs, api_visibility="private")
+        if example_panel is not None:  # clicking an example analyses it, exactly as the button does
+            example_panel.load_input_event.then(
+                predict, [image, model, *controls], outputs, preprocess=False, api_visibility="private"
+            ).success(show_extras, [details, image], extras_outputs, api_visibility="private")
         cases_gallery.select(select_case, [details], [case_selected, case_caption], api_visibility="private")
         compare_button.click(compare, [image, models, *controls], [gallery, comparison],
                              api_name="compare", preprocess=False)
@@ -174,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"also serve the shipped model in {SHIPPED_WEIGHTS.name}/ when it holds one")
     models.add_argument("--examples", type=Path, default=None, metavar="DIR",
                         help=f"folder of example images (else ${logic.EXAMPLES_DATASET_ENV}, a Hub dataset id; "
-                             "without either the examples panel is hidden)")
+                             f"else the shipped {SHIPPED_EXAMPLES.name}/ folder)")
     cases = parser.add_argument_group("similar cases")
     cases.add_argument("--cases-images", type=Path, default=None, metavar="DIR",
                        help="folder holding the images of the model's case index (e.g. HAM10000), found by image "
@@ -203,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     registry.load_all()
     examples_dir = args.examples
     dataset = os.environ.get(logic.EXAMPLES_DATASET_ENV)
+    if examples_dir is None and not dataset and SHIPPED_EXAMPLES.is_dir():
+        examples_dir = SHIPPED_EXAMPLES  # the flag and the Hub dataset override the shipped examples
     if examples_dir is None and dataset:
         try:
             examples_dir = logic.examples_from_hub(dataset)

@@ -108,3 +108,24 @@ def test_class_dropdown_follows_the_selected_model(browser, tiny_model_folder: P
         after = class_options(page)
         assert after == ["predicted class", "Actinic keratosis / intraepithelial carcinoma (akiec)",
                          "Basal cell carcinoma (bcc)"]
+
+
+def test_clicking_a_shipped_example_runs_the_analysis(browser, tiny_model_folder: Path, tmp_path: Path):
+    """The committed examples are shown with their true diagnosis, and one click gives a result."""
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    registry = logic.ModelRegistry([logic.ModelSpec(str(tiny_model_folder))])
+    registry.load_all()
+    screenshot = tmp_path / "app_example.png"
+    with serve(registry, examples) as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(url, wait_until="domcontentloaded", timeout=120_000)
+        page.wait_for_selector("#analyze", timeout=120_000)
+        caption = page.get_by_text("True: Melanoma", exact=False).first
+        caption.wait_for(timeout=60_000)
+        caption.click()
+        page.wait_for_selector("#overlay img", timeout=120_000)
+        page.wait_for_function("document.querySelector('#label') && "
+                               "document.querySelector('#label').innerText.includes('%')", timeout=60_000)
+        assert "TTA agreement" in page.locator("#agreement").inner_text()
+        page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 10_000

@@ -830,6 +830,23 @@ def example_images(folder: str | Path | None, limit: int = MAX_EXAMPLES) -> list
     return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))[:limit]
 
 
+EXAMPLES_CSV = "examples.csv"  # beside the images: file,true_diagnosis,... (scripts/make_examples.py writes it)
+
+
+def example_labels(paths: Sequence[Path]) -> list[str]:
+    """What each example's caption says: its true diagnosis from examples.csv, else the file name."""
+    import csv
+
+    truths: dict[Path, str] = {}
+    for folder in {p.parent for p in paths}:
+        listing = folder / EXAMPLES_CSV
+        if listing.is_file():
+            with listing.open(newline="") as f:
+                truths.update({folder / r["file"]: r.get("true_diagnosis", "") for r in csv.DictReader(f)
+                               if r.get("file")})
+    return [f"True: {truths[p]}" if truths.get(p) else p.stem for p in paths]
+
+
 def examples_from_hub(dataset: str) -> Path:
     """Download (or take from cache) a Hub dataset's images; `owner/name@rev` pins a revision."""
     from huggingface_hub import snapshot_download
