@@ -111,7 +111,7 @@ def build_demo(registry: logic.ModelRegistry, examples_dir: str | Path | None = 
                         with gr.Accordion("Similar confirmed cases", open=True, elem_id="cases-panel") as cases_panel:
                             cases_status = gr.Markdown(cases_intro, elem_id="cases-status")
                             cases_gallery = gr.Gallery(label="Nearest confirmed training lesions (click one)",
-                                                       columns=5, height="auto", allow_preview=False, format="jpeg",
+                                                       columns=5, height=220, allow_preview=False, format="jpeg",
                                                        visible=False, elem_id="cases-gallery")
                             with gr.Row(equal_height=True):
                                 case_query = gr.Image(label="Your image", height=300, interactive=False,

@@ -34,7 +34,8 @@ def upload(folder: Path, name: str, image) -> str:
 
 def test_a_non_dermoscopic_upload_is_refused_and_its_output_demoted(registry, tmp_path):
     a = logic.analyze(registry, upload(tmp_path, "noise", non_lesion_images()["colour noise"]))
-    assert logic.OOD_REFUSAL in a.warnings and a.warnings.lstrip().startswith("### ⛔")
+    assert logic.OOD_REFUSAL in a.warnings and a.warnings.lstrip().startswith("### ⚠")
+    assert "Uncertain" not in a.warnings  # the refusal supersedes the ranking's own doubts
     assert a.summary.startswith("**Not a result.**")
     d = a.details
     assert d["out_of_distribution"] is True and d["ood_method"] == "mahalanobis"

@@ -104,17 +104,44 @@ def test_threshold_is_the_validation_quantile(fitted):
     assert entry["val_flag_rate"] <= 0.05 + 1 / len(val)
 
 
-@pytest.mark.parametrize("method", ["mahalanobis", "mahalanobis_l2", "knn"])
+@pytest.mark.parametrize("method", ["mahalanobis", "mahalanobis_l2", "knn", "mahalanobis+knn"])
 def test_each_feature_method_scores_far_points_below_near_ones(method):
     gen = torch.Generator().manual_seed(0)
     centres = torch.tensor([[3.0, 0, 0, 0], [0, 3.0, 0, 0]])
     labels = torch.arange(200) % 2
     train = centres[labels] + 0.3 * torch.randn(200, 4, generator=gen)
+    val = centres[labels[:60]] + 0.3 * torch.randn(60, 4, generator=gen)
     stats, params = ood.fit_stats(method, train, labels, 2, knn_k=5)
+    stats = ood.calibrate(method, stats, params, val)
     near = centres + 0.3 * torch.randn(2, 4, generator=gen)
     far = torch.tensor([[0.0, 0, 3, 0], [0, 0, 0, -3.0]])  # other directions (L2-normalised methods too)
     s_near, s_far = ood.score(method, stats, params, near, None), ood.score(method, stats, params, far, None)
     assert s_near.min() > s_far.max()
+
+
+def test_combined_method_is_fishers_product_of_validation_p_values():
+    ref = torch.tensor([[1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0]])
+    assert ood.p_value(torch.tensor([0.0, 2.0, 9.0]), ref[0]).tolist() == pytest.approx([0.2, 0.6, 1.0])
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.arange(100) % 2
+    feats = torch.randn(100, 3, generator=gen) + labels[:, None] * 2.0
+    stats, params = ood.fit_stats("mahalanobis+knn", feats, labels, 2, knn_k=3)
+    with pytest.raises(ValueError, match="calibrate"):
+        ood.score("mahalanobis+knn", stats, params, feats[:2], None)
+    stats = ood.calibrate("mahalanobis+knn", stats, params, feats[:40])
+    query = torch.randn(5, 3, generator=gen)
+    expected = sum(torch.log(ood.p_value(ood.score(part, stats, params, query, None), stats["val_scores"][i]))
+                   for i, part in enumerate(("mahalanobis", "knn")))
+    torch.testing.assert_close(ood.score("mahalanobis+knn", stats, params, query, None), expected)
+
+
+def test_a_combined_detector_round_trips_through_the_folder(tmp_path):
+    fitted = make_fitted(tmp_path, ood_method="mahalanobis+knn", knn_k=3, build_index=False)
+    predictor = Predictor.from_pretrained(fitted.folder)
+    assert predictor.ood_detector.method == "mahalanobis+knn" and predictor.case_index is None
+    assert predictor.ood_detector.stats["val_scores"].shape == (2, 18)
+    assert predictor.predict(synthetic_lesion(1234, (120, 90), label=1)).out_of_distribution is False
+    assert all(predictor.predict(img).out_of_distribution for img in non_lesion_images().values())
 
 
 def test_energy_method_uses_identity_logits_and_its_own_temperature():

@@ -501,11 +501,11 @@ def warnings_markdown(prediction: Prediction) -> str:
     if prediction.out_of_distribution:
         below = "" if prediction.ood_threshold is None else \
             f", below the threshold {prediction.ood_threshold:.2f} fitted on validation images"
-        warnings.append(f"### ⛔ {OOD_REFUSAL}.\n"
+        warnings.append(f"### ⚠ {OOD_REFUSAL}.\n"
                         "It does not look like the dermoscopic images the model was trained on "
                         f"({prediction.ood_method or 'OOD'} score {prediction.ood_score:.2f}{below}). Upload a "
                         "dermoscopic photo of the lesion: a close-up taken through a dermatoscope.")
-    if prediction.uncertain:
+    elif prediction.uncertain:  # under a refusal the ranking is not meaningful anyway
         warnings.append(f"⚠ **Uncertain prediction**: confidence {_pct(prediction.confidence)}, "
                         f"{_pct(prediction.agreement)} of the TTA views agree. Treat the ranking as a guess.")
     return "\n\n".join(warnings)

@@ -151,6 +151,7 @@ def run(cfg: FitFeaturesConfig) -> dict:
         val = split_features(predictor, subsample(select_split(table, manifest, "val"), cfg.limit, cfg.seed), cfg)
         stats, params = ood.fit_stats(cfg.ood_method, train.features, train.targets, len(labels), knn_k=cfg.knn_k,
                                       temperature=predictor.loaded.temperature)
+        stats = ood.calibrate(cfg.ood_method, stats, params, val.features, val.logits)
         val_scores = ood.score(cfg.ood_method, stats, params, val.features, val.logits)
         detector = ood.OodDetector(method=cfg.ood_method, threshold=ood.threshold_at(val_scores, cfg.ood_quantile),
                                    feature_dim=int(train.features.shape[1]), stats=stats, params=params,
@@ -202,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ood-method", choices=ood.METHODS, default=ood.DEFAULT_METHOD)
     g.add_argument("--ood-quantile", type=float, default=ood.DEFAULT_QUANTILE,
                    help="share of VALIDATION images below the threshold (the expected false-flag rate)")
-    g.add_argument("--knn-k", type=int, default=ood.DEFAULT_KNN_K, help="k of --ood-method knn")
+    g.add_argument("--knn-k", type=int, default=ood.DEFAULT_KNN_K, help="k of --ood-method knn / mahalanobis+knn")
     g = parser.add_argument_group("similar-cases index")
     g.add_argument("--index", action=argparse.BooleanOptionalAction, default=True, help="build the case index")
     g.add_argument("--index-dims", type=int, default=cases.DEFAULT_DIMS, help="PCA dimensions of the index")

@@ -11,6 +11,8 @@ features (`features.py`: identity view, one forward with the logits). Candidates
   covariance (Lee et al. 2018), Ledoit-Wolf shrinkage so the inverse exists.
 - `mahalanobis_l2`: the same on L2-normalised features.
 - `knn`: cosine similarity to the k-th nearest training feature (Sun et al. 2022).
+- `mahalanobis+knn`: both, each turned into a p-value against its own VALIDATION scores and combined by
+  Fisher's product (log p1 + log p2): an image must look typical to both to pass.
 
 Storage: the tensors in `ood_stats.safetensors` (never pickles), with the method, feature dimension and
 the sha256 of the weights they were fitted for in its metadata; method, threshold and quantile in
@@ -41,13 +43,14 @@ Tensor = torch.Tensor
 
 EXTRAS_KEY = "ood_detector"          # config.json skinlesion section
 FORMAT = "skinlesion-ood-stats-1"
-METHODS = ("mahalanobis", "mahalanobis_l2", "knn", "energy")
+METHODS = ("mahalanobis", "mahalanobis_l2", "knn", "mahalanobis+knn", "energy")
 DEFAULT_METHOD = "mahalanobis"       # chosen by measurement: README "Not a dermoscopic image?"
 DEFAULT_QUANTILE = 0.01
 DEFAULT_KNN_K = 10
 # What each method stores, and which tensors have the feature dimension as their last axis.
 REQUIRED_TENSORS = {"mahalanobis": ("means", "precision"), "mahalanobis_l2": ("means", "precision"),
-                    "knn": ("bank",), "energy": ()}
+                    "knn": ("bank",), "mahalanobis+knn": ("means", "precision", "bank", "val_scores"), "energy": ()}
+FEATURE_TENSORS = ("means", "precision", "bank")  # last axis = the feature dimension
 SCORE_CHUNK = 1024                   # rows scored at once (bounds the (B, K, D) difference tensor)
 
 
@@ -73,6 +76,10 @@ def fit_stats(method: str, features: Tensor, labels: Tensor, num_classes: int, *
         return {}, {"temperature": float(temperature)}
     if features.dim() != 2 or features.shape[0] != labels.shape[0]:
         raise ValueError(f"features {tuple(features.shape)} and labels {tuple(labels.shape)} do not match")
+    if method == "mahalanobis+knn":
+        maha, maha_params = fit_stats("mahalanobis", features, labels, num_classes)
+        knn, knn_params = fit_stats("knn", features, labels, num_classes, knn_k=knn_k)
+        return {**maha, **knn}, {**maha_params, **knn_params}  # + val_scores from `calibrate`
     if method == "knn":
         if knn_k < 1 or knn_k > features.shape[0]:
             raise ValueError(f"knn_k must be between 1 and the number of training images ({features.shape[0]})")
@@ -96,10 +103,32 @@ def fit_stats(method: str, features: Tensor, labels: Tensor, num_classes: int, *
             {"classes": [int(c) for c in present]})
 
 
+def calibrate(method: str, stats: dict[str, Tensor], params: Mapping[str, Any], val_features: Tensor,
+              val_logits: Tensor | None = None) -> dict[str, Tensor]:
+    """Add what a method needs from the VALIDATION split besides its threshold: for `mahalanobis+knn`,
+    each component's sorted validation scores (the reference of its p-values)."""
+    if method != "mahalanobis+knn":
+        return stats
+    parts = [score(part, stats, params, val_features, val_logits).sort().values for part in ("mahalanobis", "knn")]
+    return {**stats, "val_scores": torch.stack(parts).float().contiguous()}  # (2, n_val)
+
+
+def p_value(scores: Tensor, reference_sorted: Tensor) -> Tensor:
+    """Share of the reference at or below each score, (1 + count) / (n + 1): in (0, 1], small = atypical."""
+    below = torch.searchsorted(reference_sorted.float().contiguous(), scores.float().contiguous(), right=True)
+    return (1.0 + below.float()) / (reference_sorted.numel() + 1.0)
+
+
 def score(method: str, stats: Mapping[str, Tensor], params: Mapping[str, Any], features: Tensor | None,
           logits: Tensor | None) -> Tensor:
     """(B, D) identity-view features and (B, K) identity-view logits -> (B,) scores, higher = in-distribution."""
     check_method(method)
+    if method == "mahalanobis+knn":
+        if "val_scores" not in stats:
+            raise ValueError("mahalanobis+knn needs its validation scores: call ood.calibrate after fit_stats")
+        ref = stats["val_scores"]
+        return sum(torch.log(p_value(score(part, stats, params, features, logits), ref[i]))
+                   for i, part in enumerate(("mahalanobis", "knn")))
     if method == "energy":
         if logits is None:
             raise ValueError("the energy score needs logits")
@@ -223,10 +252,14 @@ def load_detector(folder: str | Path, extras: Mapping[str, Any], *, weights_sha2
     if missing:
         raise OodStatsError(f"{path}: missing tensor(s) {missing} for method {method!r}; {fix}")
     for name, tensor in stats.items():
+        if name not in FEATURE_TENSORS:
+            if tensor.dim() != 2 or tensor.shape[0] != 2 or not torch.isfinite(tensor.float()).all():
+                raise OodStatsError(f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}, expected (2, n); {fix}")
+            continue
         if tensor.dim() != 2 or tensor.shape[-1] != feature_dim or not torch.isfinite(tensor.float()).all():
             raise OodStatsError(f"{path}: tensor {name!r} has shape {tuple(tensor.shape)} (or non-finite values); "
                                 f"expected (*, {feature_dim}); {fix}")
-    if method.startswith("mahalanobis") and tuple(stats["precision"].shape) != (feature_dim, feature_dim):
+    if "precision" in stats and tuple(stats["precision"].shape) != (feature_dim, feature_dim):
         raise OodStatsError(f"{path}: precision matrix has shape {tuple(stats['precision'].shape)}, expected "
                             f"({feature_dim}, {feature_dim}); {fix}")
     return OodDetector(method=method, threshold=threshold, feature_dim=feature_dim, stats=stats, params=params,
