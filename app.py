@@ -27,7 +27,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 
 import gradio as gr  # noqa: E402
 
-from skinlesion import app_logic as logic  # noqa: E402
+from skinlesion.app import callbacks as logic  # noqa: E402
 
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 # Clickable examples shown by default (train-split images + one non-lesion; see examples/README.md).

@@ -19,14 +19,14 @@ import argparse
 import json
 import sys
 
-from skinlesion.data.sources import LAYOUTS, DataError
-from skinlesion.evaluation import EVAL_SPLITS, CalibrationSplitError, EvalConfig, command_line, run
-from skinlesion.explain_quality import MaskError
+from skinlesion.data.layouts import LAYOUTS, DataError
+from skinlesion.evaluation.evaluate import EVAL_SPLITS, CalibrationSplitError, EvalConfig, command_line, run
+from skinlesion.evaluation.explain_quality import MaskError
 from skinlesion.hub import HubUnavailableError
 from skinlesion.imageio import ImageLoadError
-from skinlesion.modelfolder import ModelFolderError
+from skinlesion.inference.tta import TTA_MODES
+from skinlesion.models.folder import ModelFolderError
 from skinlesion.taxonomy import parse_label_map
-from skinlesion.tta import TTA_MODES
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,12 +21,13 @@ from pathlib import Path
 
 import torch
 
-from skinlesion import calibration, metrics
 from skinlesion.constants import MANIFEST_FILE
 from skinlesion.data import load_table, read_manifest, select_split
-from skinlesion.evaluation import collect_view_logits
-from skinlesion.modelfolder import load_model_folder, set_preprocessing
-from skinlesion.predictor import Predictor
+from skinlesion.evaluation import metrics
+from skinlesion.evaluation.evaluate import collect_view_logits
+from skinlesion.inference import calibration
+from skinlesion.inference.predictor import Predictor
+from skinlesion.models.folder import load_model_folder, set_preprocessing
 
 
 def main() -> None:

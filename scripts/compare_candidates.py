@@ -31,10 +31,10 @@ from pathlib import Path
 
 import torch
 
-from skinlesion.config import TrainConfig, load_recipe
 from skinlesion.data import lesion_grouped_split, load_table, read_duplicate_pairs, write_manifest
-from skinlesion.evaluation import EvalConfig, run
-from skinlesion.training import train
+from skinlesion.evaluation.evaluate import EvalConfig, run
+from skinlesion.training.config import TrainConfig, load_recipe
+from skinlesion.training.loop import train
 
 
 def _cpu_seconds() -> float:

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from skinlesion.checkpoint import latest_checkpoint
 from skinlesion.constants import MANIFEST_FILE
-from skinlesion.modelfolder import MODEL_CONFIG_FILE, SECTION, load_model_folder, save_model_folder
+from skinlesion.models.folder import MODEL_CONFIG_FILE, SECTION, load_model_folder, save_model_folder
+from skinlesion.training.checkpoint import latest_checkpoint
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from PIL import Image
 from skinlesion.constants import MANIFEST_FILE
 from skinlesion.data import load_table, read_manifest, select_split
 from skinlesion.data.splits import manifest_hash
-from skinlesion.predictor import Predictor
+from skinlesion.inference.predictor import Predictor
 from skinlesion.taxonomy import describe_label
 
 HAM_LICENCE = "CC BY-NC-SA 4.0"

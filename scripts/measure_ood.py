@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from skinlesion import cases, ood
 from skinlesion.constants import MANIFEST_FILE
 from skinlesion.data import load_table, read_manifest, select_split
-from skinlesion.evaluation import collect_view_logits, folder_features
-from skinlesion.predictor import Predictor, file_sha256
+from skinlesion.evaluation.evaluate import collect_view_logits, folder_features
+from skinlesion.inference import cases, ood
+from skinlesion.inference.predictor import Predictor, file_sha256
 
 CANDIDATES = [("energy", {}), ("mahalanobis", {}), ("mahalanobis_l2", {}), ("knn", {"knn_k": 1}),
               ("knn", {"knn_k": 10}), ("knn", {"knn_k": 50}), ("mahalanobis+knn", {"knn_k": 10})]
@@ -46,7 +46,7 @@ def cached(out: Path, name: str, compute) -> dict[str, np.ndarray]:
 
 
 def table_arrays(predictor, table, limit: int, seed: int, batch_size: int, workers: int) -> dict[str, np.ndarray]:
-    from skinlesion.fit_features import subsample
+    from skinlesion.training.fit_features import subsample
 
     table = subsample(table, limit, seed)
     out = collect_view_logits(predictor, table, "none", batch_size=batch_size, workers=workers, progress=True)

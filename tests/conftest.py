@@ -61,9 +61,9 @@ def shared_data() -> Path:
 @pytest.fixture
 def tiny_model_folder(tmp_path: Path) -> Path:
     """An untrained but complete model folder: lesion_cnn, 3 classes, 64 px, seeded."""
-    from skinlesion.modelfolder import save_model_folder
+    from skinlesion.data.transforms import Preprocessing
     from skinlesion.models import create_model
-    from skinlesion.transforms import Preprocessing
+    from skinlesion.models.folder import save_model_folder
 
     torch.manual_seed(0)
     model = create_model("lesion_cnn", 3, widths=(8, 16, 16, 32), hidden=16).eval()

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_training import tiny_config  # noqa: E402
 
-from skinlesion import training  # noqa: E402
+from skinlesion.training import loop as training  # noqa: E402
 
 
 class WithIndex(Dataset):

@@ -15,10 +15,10 @@ import torch
 from conftest import synthetic_lesion
 from PIL import Image
 
-from skinlesion import fit_features
-from skinlesion.modelfolder import save_model_folder
+from skinlesion.data.transforms import Preprocessing
 from skinlesion.models import create_model
-from skinlesion.transforms import Preprocessing
+from skinlesion.models.folder import save_model_folder
+from skinlesion.training import fit_features
 
 LABELS = ["bkl", "mel", "nv"]
 TINY_ARGS = {"widths": [8, 16, 16, 32], "hidden": 16}

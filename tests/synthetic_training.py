@@ -11,7 +11,7 @@ from pathlib import Path
 
 from conftest import synthetic_lesion
 
-from skinlesion.config import TrainConfig
+from skinlesion.training.config import TrainConfig
 
 TINY_CNN = {"widths": [8, 16, 16, 32], "hidden": 16}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from test_app_client import lesion_file, serve
 
-from skinlesion import app_logic as logic
+from skinlesion.app import callbacks as logic
 
 pytestmark = pytest.mark.browser
 
@@ -76,8 +76,8 @@ def test_a_broken_upload_shows_an_error_toast(browser, tiny_model_folder: Path, 
 
 
 def test_class_dropdown_follows_the_selected_model(browser, tiny_model_folder: Path, tmp_path: Path):
-    from skinlesion.modelfolder import load_model_folder, save_model_folder
     from skinlesion.models import create_model
+    from skinlesion.models.folder import load_model_folder, save_model_folder
 
     loaded = load_model_folder(tiny_model_folder)
     two_class = create_model("lesion_cnn", 2, widths=(8, 16, 16, 32), hidden=16).eval()

@@ -14,8 +14,8 @@ from conftest import synthetic_lesion
 from gradio_client import Client, handle_file
 from test_app_client import serve
 
-from skinlesion import app_logic as logic
-from skinlesion.modelfolder import load_model_folder, save_model_folder
+from skinlesion.app import callbacks as logic
+from skinlesion.models.folder import load_model_folder, save_model_folder
 
 N_CLIENTS = 16
 TOLERANCE = 1e-5
@@ -85,7 +85,7 @@ def test_sixteen_concurrent_clients_each_get_their_own_answer(sharp_model_folder
 
 @pytest.mark.slow
 def test_bench_app_reports_cold_start_and_overhead(tiny_model_folder: Path):
-    from skinlesion.bench_app import BenchConfig, run
+    from skinlesion.bench.app import BenchConfig, run
 
     result = run(BenchConfig(model=str(tiny_model_folder), requests=2, warmup=1, width=200, height=150, threads=1))
     assert 0 < result["server_ready_s"] <= result["cold_start_s"]

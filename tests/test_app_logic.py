@@ -15,8 +15,8 @@ import pytest
 from conftest import synthetic_lesion
 from PIL import Image
 
-from skinlesion import app_logic as logic
-from skinlesion.predictor import Prediction
+from skinlesion.app import callbacks as logic
+from skinlesion.inference.predictor import Prediction
 
 
 # -- files a user might upload ------------------------------------------------------------------------

@@ -23,10 +23,10 @@ from conftest import synthetic_lesion
 from gradio_client import Client, handle_file
 from test_app_client import lesion_file, serve
 
-from skinlesion import app_logic as logic
-from skinlesion.modelfolder import save_model_folder
+from skinlesion.app import callbacks as logic
+from skinlesion.data.transforms import Preprocessing
 from skinlesion.models import create_model
-from skinlesion.transforms import Preprocessing
+from skinlesion.models.folder import save_model_folder
 
 COMMIT_V1 = "1" * 40
 COMMIT_MAIN = "2" * 40

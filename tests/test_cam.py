@@ -13,11 +13,11 @@ import torch.nn as nn
 from conftest import synthetic_lesion
 from PIL import Image
 
-from skinlesion import cam
 from skinlesion import models as _models  # noqa: F401  (registers lesion_cnn and densenet201_se)
-from skinlesion.overlay import heatmap_to_original, input_box, overlay_heatmap
-from skinlesion.transforms import Preprocessing, eval_geometry
-from skinlesion.tta import get_views
+from skinlesion.data.transforms import Preprocessing, eval_geometry
+from skinlesion.inference import cam
+from skinlesion.inference.overlay import heatmap_to_original, input_box, overlay_heatmap
+from skinlesion.inference.tta import get_views
 
 FAMILIES = [
     ("resnet18", {}, "resnet"),

@@ -12,10 +12,11 @@ import torch
 from conftest import synthetic_lesion
 from fitted_folder import make_fitted, write_tiny_model
 
-from skinlesion import cases, fit_features
 from skinlesion.data import load_table, read_manifest, select_split
-from skinlesion.modelfolder import ModelFolderError, update_extras
-from skinlesion.predictor import Predictor
+from skinlesion.inference import cases
+from skinlesion.inference.predictor import Predictor
+from skinlesion.models.folder import ModelFolderError, update_extras
+from skinlesion.training import fit_features
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +176,7 @@ def test_building_from_another_manifest_is_refused(fitted, tmp_path):
 # -- evaluation ----------------------------------------------------------------------------------------
 
 def test_evaluation_excludes_the_evaluated_set_from_the_index(fitted):
-    from skinlesion.evaluation import collect_view_logits, retrieval_report
+    from skinlesion.evaluation.evaluate import collect_view_logits, retrieval_report
 
     predictor = Predictor.from_pretrained(fitted.folder)
     table = load_table(fitted.data)
@@ -227,7 +228,7 @@ def test_evaluate_reports_flag_rates_and_the_vote_beside_the_softmax(fitted, tmp
 
 
 def test_evaluate_without_index_or_stats_says_unavailable(tmp_path):
-    from skinlesion.evaluation import ood_report, retrieval_report
+    from skinlesion.evaluation.evaluate import ood_report, retrieval_report
 
     predictor = Predictor.from_pretrained(write_tiny_model(tmp_path / "m"))
     logits, feats = predictor.forward_views_with_features(torch.zeros(2, 3, 64, 64))
@@ -238,7 +239,7 @@ def test_evaluate_without_index_or_stats_says_unavailable(tmp_path):
 
 
 def test_bench_inference_measures_what_the_extras_add(fitted):
-    from skinlesion import bench_inference
+    from skinlesion.bench import inference as bench_inference
 
     report = bench_inference.run(str(fitted.folder), repeats=2, folder_images=0, warmup=1)
     assert report["extras"] == {"ood_method": "mahalanobis", "case_index_size": 54}

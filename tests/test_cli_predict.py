@@ -11,8 +11,10 @@ import pytest
 from conftest import synthetic_lesion
 from PIL import Image
 
-from skinlesion import bench_inference, explain, predict
-from skinlesion.predictor import Predictor
+from skinlesion.bench import inference as bench_inference
+from skinlesion.inference import explain_images as explain
+from skinlesion.inference import predict_folder as predict
+from skinlesion.inference.predictor import Predictor
 
 
 @pytest.fixture

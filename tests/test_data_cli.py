@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from data_factory import make_ham10000, make_imagefolder
 
-from skinlesion.data.__main__ import main
+from skinlesion.cli.data import main
 
 
 def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from skinlesion.cli.data import main
 from skinlesion.data import lesion_grouped_split, load_table, read_duplicate_pairs
-from skinlesion.data.__main__ import main
 
 pytestmark = pytest.mark.realdata
 

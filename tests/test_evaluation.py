@@ -14,8 +14,9 @@ import torch
 from conftest import lesion_mask, synthetic_lesion
 from PIL import Image
 
-from skinlesion import calibration, evaluation
 from skinlesion.data import DataError, load_table
+from skinlesion.evaluation import evaluate as evaluation
+from skinlesion.inference import calibration
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED_KEYS = {
@@ -118,7 +119,7 @@ def test_score_keys_and_intervals_from_view_logits():
 
 def test_evaluation_path_gives_the_predictor_probabilities(tmp_path, tiny_model_folder):
     """Dataset + forward_views in evaluation == Predictor.predict on the same file (no second preprocessing)."""
-    from skinlesion.predictor import Predictor
+    from skinlesion.inference.predictor import Predictor
 
     root = tmp_path / "d"
     (root / "mel").mkdir(parents=True)

@@ -8,8 +8,8 @@ import torch
 from conftest import lesion_mask, synthetic_lesion
 from PIL import Image
 
-from skinlesion import explain_quality as eq
 from skinlesion.data import load_table
+from skinlesion.evaluation import explain_quality as eq
 
 MASK = np.zeros((4, 4), dtype=bool)
 MASK[1:3, 1:3] = True  # the central 2x2 block
@@ -93,7 +93,7 @@ def test_ph2_case_folder_gives_the_lesion_mask_not_the_image_or_roi(tmp_path):
 
 
 def test_mask_in_model_frame_follows_resize_and_crop():
-    from skinlesion.transforms import Preprocessing, eval_geometry
+    from skinlesion.data.transforms import Preprocessing, eval_geometry
 
     img = synthetic_lesion(3, size=(120, 90))
     mask = lesion_mask(img)
@@ -126,7 +126,7 @@ def _synthetic_folder(root, n_per_class=2, masks_dir=None):
 
 
 def test_pipeline_on_tiny_model_scores_and_ranks_methods(tmp_path, tiny_model_folder):
-    from skinlesion.predictor import Predictor
+    from skinlesion.inference.predictor import Predictor
 
     masks = tmp_path / "masks"
     masks.mkdir()

@@ -14,11 +14,11 @@ import pytest
 import torch
 from conftest import synthetic_lesion
 
-from skinlesion import export
-from skinlesion.modelfolder import ModelFolderError, save_model_folder
+from skinlesion.data.transforms import Preprocessing
+from skinlesion.inference import onnx_export as export
+from skinlesion.inference.predictor import Predictor
 from skinlesion.models import create_model
-from skinlesion.predictor import Predictor
-from skinlesion.transforms import Preprocessing
+from skinlesion.models.folder import ModelFolderError, save_model_folder
 
 LABELS = ["bkl", "mel", "nv"]
 

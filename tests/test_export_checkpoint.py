@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 from synthetic_training import make_imagefolder, tiny_config
 
-from skinlesion.checkpoint import latest_checkpoint
-from skinlesion.modelfolder import load_model_folder
-from skinlesion.training import train
+from skinlesion.models.folder import load_model_folder
+from skinlesion.training.checkpoint import latest_checkpoint
+from skinlesion.training.loop import train
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "export_checkpoint.py"
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from skinlesion.losses import FocalLoss, build_loss
+from skinlesion.training.losses import FocalLoss, build_loss
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from skinlesion import calibration, metrics
+from skinlesion.evaluation import metrics
+from skinlesion.inference import calibration
 
 LABELS = ["bkl", "mel", "nv"]
 # true:            bkl              bkl              mel              mel              nv               nv

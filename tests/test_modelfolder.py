@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 from synthetic_training import TINY_CNN, make_imagefolder, tiny_config
 
-from skinlesion import training
 from skinlesion.data.splits import manifest_hash
-from skinlesion.modelfolder import load_model_folder
+from skinlesion.models.folder import load_model_folder
+from skinlesion.training import loop as training
 
 
 def train_capturing_model(cfg, monkeypatch) -> tuple[dict, torch.nn.Module]:
@@ -110,8 +110,8 @@ def test_four_unknown_folder_names_train_and_keep_their_names(tmp_path, monkeypa
 def test_set_preprocessing_changes_the_input_size_and_voids_the_old_calibration(tiny_model_folder):
     import dataclasses
 
-    from skinlesion.modelfolder import set_preprocessing, update_extras
-    from skinlesion.predictor import Predictor
+    from skinlesion.inference.predictor import Predictor
+    from skinlesion.models.folder import set_preprocessing, update_extras
 
     update_extras(tiny_model_folder, temperature=1.7, ood={"score": "energy", "threshold": -3.0},
                   calibration={"fitted_on": "val"})
@@ -129,9 +129,9 @@ def test_set_preprocessing_changes_the_input_size_and_voids_the_old_calibration(
 def test_color_constancy_travels_from_the_training_config_to_the_predictor(tiny_model_folder):
     import dataclasses
 
-    from skinlesion.modelfolder import set_preprocessing
-    from skinlesion.predictor import Predictor
-    from skinlesion.transforms import ShadesOfGray, eval_geometry
+    from skinlesion.data.transforms import ShadesOfGray, eval_geometry
+    from skinlesion.inference.predictor import Predictor
+    from skinlesion.models.folder import set_preprocessing
 
     cfg = tiny_config(Path("data"), Path("out"), color_constancy="shades_of_gray")
     assert training.preprocessing_of(cfg).color_constancy == "shades_of_gray"

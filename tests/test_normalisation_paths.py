@@ -19,10 +19,10 @@ import pytest
 import torch
 from conftest import synthetic_lesion
 
-from skinlesion.modelfolder import save_model_folder, set_preprocessing
+from skinlesion.data.transforms import Preprocessing
+from skinlesion.inference.predictor import Predictor
 from skinlesion.models import create_model
-from skinlesion.predictor import Predictor
-from skinlesion.transforms import Preprocessing
+from skinlesion.models.folder import save_model_folder, set_preprocessing
 
 LABELS = ["bkl", "mel", "nv"]
 HALF = Preprocessing(input_size=64, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -71,13 +71,13 @@ def test_the_control_folder_differs(folders):
 
 def test_evaluation_path_matches_the_library(folders):
     from skinlesion.data import load_table
-    from skinlesion.evaluation import collect_view_logits
+    from skinlesion.evaluation.evaluate import collect_view_logits
 
     half, _, images = folders
     predictor = Predictor.from_pretrained(half, use_onnx=False)
     table = load_table(str(images), layout="imagefolder")
     logits = collect_view_logits(predictor, table, "flips", batch_size=4, workers=0, progress=False)
-    from skinlesion.calibration import calibrated_probs
+    from skinlesion.inference.calibration import calibrated_probs
 
     probs = calibrated_probs(logits.logits, 1.0)
     by_path = dict(zip(table.frame["path"], probs, strict=True))
@@ -87,7 +87,7 @@ def test_evaluation_path_matches_the_library(folders):
 
 
 def test_predict_cli_matches_the_library(folders, tmp_path):
-    from skinlesion import predict
+    from skinlesion.inference import predict_folder as predict
 
     half, _, images = folders
     out = tmp_path / "preds.csv"
@@ -99,7 +99,7 @@ def test_predict_cli_matches_the_library(folders, tmp_path):
 
 
 def test_onnx_matches_the_library(folders, tmp_path):
-    from skinlesion import export
+    from skinlesion.inference import onnx_export as export
 
     half, _, images = folders
     onnx_folder = tmp_path / "half_onnx"
@@ -111,7 +111,7 @@ def test_onnx_matches_the_library(folders, tmp_path):
 
 
 def test_app_matches_the_library(folders):
-    from skinlesion import app_logic
+    from skinlesion.app import callbacks as app_logic
 
     half, _, images = folders
     registry = app_logic.ModelRegistry([app_logic.ModelSpec(source=str(half), name="half")])

@@ -16,11 +16,11 @@ from fitted_folder import make_fitted, non_lesion_images, write_tiny_model
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from skinlesion import features as feature_split
-from skinlesion import ood
-from skinlesion.modelfolder import ModelFolderError, set_preprocessing, update_extras
-from skinlesion.predictor import Predictor
-from skinlesion.transforms import Preprocessing
+from skinlesion.data.transforms import Preprocessing
+from skinlesion.inference import features as feature_split
+from skinlesion.inference import ood
+from skinlesion.inference.predictor import Predictor
+from skinlesion.models.folder import ModelFolderError, set_preprocessing, update_extras
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +227,7 @@ def test_new_preprocessing_drops_the_feature_extras(fitted_copy):
 # -- every path: CLI, ONNX ---------------------------------------------------------------------------------
 
 def test_predict_cli_writes_the_flag_and_method(fitted, tmp_path):
-    from skinlesion.predict import main
+    from skinlesion.inference.predict_folder import main
 
     images = tmp_path / "images"
     images.mkdir()
@@ -245,7 +245,7 @@ def test_predict_cli_writes_the_flag_and_method(fitted, tmp_path):
 
 
 def test_onnx_path_gives_the_same_flags_scores_and_cases(fitted_copy):
-    from skinlesion import export
+    from skinlesion.inference import onnx_export as export
 
     report = export.export_onnx(fitted_copy)
     assert report.max_rel_feature_diff is not None and report.max_rel_feature_diff < 1e-3
@@ -260,7 +260,7 @@ def test_onnx_path_gives_the_same_flags_scores_and_cases(fitted_copy):
 
 
 def test_a_logits_only_onnx_file_is_refused_when_the_folder_needs_features(fitted_copy, monkeypatch):
-    from skinlesion import export
+    from skinlesion.inference import onnx_export as export
 
     def no_split(*args, **kwargs):
         raise feature_split.FeatureSplitError("as exported before the features output existed")

@@ -17,14 +17,14 @@ import torch
 from conftest import synthetic_lesion
 from PIL import Image
 
+from skinlesion.data.transforms import Preprocessing, eval_geometry, eval_transform
 from skinlesion.hub import HubUnavailableError
 from skinlesion.imageio import ImageLoadError, load_rgb
-from skinlesion.modelfolder import ModelFolderError, save_model_folder
+from skinlesion.inference.overlay import input_box
+from skinlesion.inference.predictor import OnnxUnavailableError, Prediction, Predictor
+from skinlesion.inference.tta import get_views
 from skinlesion.models import create_model
-from skinlesion.overlay import input_box
-from skinlesion.predictor import OnnxUnavailableError, Prediction, Predictor
-from skinlesion.transforms import Preprocessing, eval_geometry, eval_transform
-from skinlesion.tta import get_views
+from skinlesion.models.folder import ModelFolderError, save_model_folder
 
 TINY_ARGS = {"widths": [8, 16, 16, 32], "hidden": 16}
 
@@ -115,7 +115,7 @@ def test_import_skinlesion_is_light_and_predictor_is_lazy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "skinlesion.predictor"
+    assert out.stdout.strip() == "skinlesion.inference.predictor"
 
 
 # -- preprocessing and logits -------------------------------------------------------------------------

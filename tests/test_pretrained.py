@@ -16,9 +16,14 @@ from conftest import synthetic_lesion
 from safetensors.torch import load_file, save_file
 from synthetic_training import make_imagefolder, tiny_config
 
-from skinlesion import training
-from skinlesion.config import TrainConfig
-from skinlesion.pretrained import PretrainedWeightsError, check_weights_file, normalisation_for, sha256_of
+from skinlesion.models.pretrained import (
+    PretrainedWeightsError,
+    check_weights_file,
+    normalisation_for,
+    sha256_of,
+)
+from skinlesion.training import loop as training
+from skinlesion.training.config import TrainConfig
 
 SHARED_PRETRAINED = Path(__file__).resolve().parents[1].parent / "shared" / "pretrained"
 LITE0 = SHARED_PRETRAINED / "tf_efficientnet_lite0.in1k.safetensors"
@@ -170,8 +175,8 @@ def test_shared_mobilenet_file_is_refused_for_lite0_naming_key_and_shapes():
 
 
 def _cam_on_lesion(model: torch.nn.Module, mean, std, size: int = 160) -> np.ndarray:
-    from skinlesion.cam import cam_target, compute_cam
-    from skinlesion.transforms import Preprocessing, eval_transform
+    from skinlesion.data.transforms import Preprocessing, eval_transform
+    from skinlesion.inference.cam import cam_target, compute_cam
 
     pre = Preprocessing(input_size=size, mean=tuple(mean), std=tuple(std))
     x = eval_transform(pre)(synthetic_lesion(3, size=(200, 150), label=1)).unsqueeze(0)
@@ -201,7 +206,7 @@ def test_the_documented_plain_timm_lines_load_a_lesion_cnn_folder(tiny_model_fol
     import subprocess
     import sys
 
-    from skinlesion.modelcard import PLAIN_TIMM_LINES, render_model_card
+    from skinlesion.models.card import PLAIN_TIMM_LINES, render_model_card
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     card = render_model_card(tiny_model_folder)

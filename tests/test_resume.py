@@ -14,9 +14,10 @@ import pytest
 import torch
 from synthetic_training import make_imagefolder, tiny_config, write_recipe
 
-from skinlesion import checkpoint, training
-from skinlesion.modelfolder import load_model_folder
 from skinlesion.models import create_model
+from skinlesion.models.folder import load_model_folder
+from skinlesion.training import checkpoint
+from skinlesion.training import loop as training
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,7 @@ REFERENCE = WEIGHTS / "eval" / "ham10000_test" / "report.json"
 def test_shipped_model_holds_its_model_card_balanced_accuracy(shared_data, tmp_path):
     if not (WEIGHTS / "model.safetensors").exists():
         pytest.fail("weights/ has no shipped model (model.safetensors missing)")
-    from skinlesion.evaluation import EvalConfig, run
+    from skinlesion.evaluation.evaluate import EvalConfig, run
 
     reference = json.loads(REFERENCE.read_text())
     report = run(EvalConfig(models=(str(WEIGHTS),), data=str(shared_data / "HAM10000"), out=str(tmp_path),
@@ -46,7 +46,7 @@ def test_shipped_model_folder_is_complete_and_loads():
 
 def test_shipped_model_card_is_rendered_from_the_shipped_reports():
     """weights/README.md is exactly what the reports render to: no hand-edited (or stale) number in the card."""
-    from skinlesion.modelcard import render_model_card
+    from skinlesion.models.card import render_model_card
 
     assert (WEIGHTS / "README.md").read_text() == render_model_card(WEIGHTS)
     reference = json.loads(REFERENCE.read_text())
@@ -54,7 +54,7 @@ def test_shipped_model_card_is_rendered_from_the_shipped_reports():
 
 
 def test_quality_bar_rows_show_a_near_miss_as_a_miss(tmp_path):
-    from skinlesion.modelcard import _quality_bars
+    from skinlesion.models.card import _quality_bars
 
     for name, report in {"ham10000_test": {"balanced_accuracy": 0.76, "ece": 0.05004, "per_class": {"mel": {"auc": 0.9}}},
                          "isic2017_test": {"balanced_accuracy": 0.549, "per_class": {"mel": {"auc": 0.7}}}}.items():

@@ -20,8 +20,8 @@ import httpx
 import pytest
 from conftest import synthetic_lesion
 
-from skinlesion import app_logic as logic
-from skinlesion.bench_app import free_port, stop, wait_until_serving
+from skinlesion.app import callbacks as logic
+from skinlesion.bench.app import free_port, stop, wait_until_serving
 from skinlesion.publish import space_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +137,7 @@ def test_space_builds_from_requirements_alone_and_answers_predict(tmp_path: Path
 
 # -- the Space measurement (python -m skinlesion.bench app --space) -----------------------------------
 def test_process_memory_reads_this_process_and_refuses_a_missing_one():
-    from skinlesion.bench_app import process_memory_mb
+    from skinlesion.bench.app import process_memory_mb
 
     memory = process_memory_mb(os.getpid())
     assert 10 < memory["rss_mb"] <= memory["peak_rss_mb"]
@@ -149,7 +149,7 @@ def test_process_memory_reads_this_process_and_refuses_a_missing_one():
 
 @pytest.mark.slow
 def test_bench_space_reports_cold_start_and_memory_of_the_shipped_app():
-    from skinlesion.bench_app import SPACE_GOALS, SpaceBenchConfig, run_space
+    from skinlesion.bench.app import SPACE_GOALS, SpaceBenchConfig, run_space
 
     if not (REPO_ROOT / "weights" / "config.json").is_file():
         pytest.fail("weights/ holds no shipped model: the Space measurement needs one")

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from skinlesion import bench_train, training
+from skinlesion.bench import train as bench_train
+from skinlesion.training import loop as training
 
 
 def test_bench_runs_train_step_for_both_measurements_and_prints_json(monkeypatch, capsys):

@@ -9,9 +9,9 @@ import pytest
 import torch
 from synthetic_training import make_imagefolder, tiny_config
 
-from skinlesion import training
 from skinlesion.hub import HubUnavailableError
 from skinlesion.models import UnknownModelError
+from skinlesion.training import loop as training
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +68,8 @@ def test_unwritable_output_folder(data, tmp_path):
 
 
 def test_checkpoints_of_an_earlier_run_need_resume(data, tmp_path):
-    from skinlesion.checkpoint import save_checkpoint
     from skinlesion.models import create_model
+    from skinlesion.training.checkpoint import save_checkpoint
 
     out = tmp_path / "out"
     save_checkpoint(out / "checkpoints", 5, model=create_model("lesion_cnn", 3, widths=(4, 4, 4, 4), hidden=4),

@@ -31,7 +31,7 @@ def test_python_train_py_trains_and_prints_the_summary(tmp_path):
     assert summary["epochs_run"] == 1 and summary["num_processes"] == 1  # --epochs on the CLI beats the recipe
     assert summary["command"].startswith("python train.py --config ") and summary["command"].endswith("--epochs 1")
     assert "CPU cores" in summary["machine"]
-    from skinlesion.modelcard import render_model_card
+    from skinlesion.models.card import render_model_card
 
     assert f"- Command: `{summary['command']}`" in render_model_card(out)  # the card says how to reproduce it
     printed = json.loads(proc.stdout[proc.stdout.rindex("\n{"):])

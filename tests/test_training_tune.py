@@ -8,7 +8,7 @@ import sys
 import pytest
 from synthetic_training import make_imagefolder, tiny_config
 
-from skinlesion import tuning
+from skinlesion.training import tuning
 
 
 def test_two_trials_write_their_folders_and_a_results_table(tmp_path):

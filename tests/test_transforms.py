@@ -13,7 +13,7 @@ from conftest import synthetic_lesion
 from PIL import Image
 
 from skinlesion.data import LesionDataset, LesionTable, balanced_sampler, build_cache, class_weights
-from skinlesion.transforms import (
+from skinlesion.data.transforms import (
     Augmentation,
     Preprocessing,
     ShadesOfGray,

@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .predictor import Explanation, Prediction, Predictor
+    from .inference.predictor import Explanation, Prediction, Predictor
 
 __all__ = ["Explanation", "Prediction", "Predictor"]
 
-_LAZY = {"Predictor": "predictor", "Prediction": "predictor", "Explanation": "predictor"}
+_LAZY = {"Predictor": "inference.predictor", "Prediction": "inference.predictor", "Explanation": "inference.predictor"}
 
 
 def __getattr__(name: str) -> Any:

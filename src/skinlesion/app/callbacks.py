@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 from PIL import Image
 
-from .hub import HubUnavailableError, looks_like_hub_id
-from .imageio import ImageLoadError, is_image_file, load_rgb
-from .taxonomy import describe_label
+from ..hub import HubUnavailableError, looks_like_hub_id
+from ..imageio import ImageLoadError, is_image_file, load_rgb
+from ..taxonomy import describe_label
 
 if TYPE_CHECKING:
-    from .predictor import Explanation, Prediction, Predictor
+    from ..inference.predictor import Explanation, Prediction, Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def model_sources(cli_models: Sequence[str] = (), env_value: str | None = None,
 
 # -- the registry -----------------------------------------------------------------------------------
 def load_predictor(spec: ModelSpec) -> Predictor:
-    from .predictor import Predictor
+    from ..inference.predictor import Predictor
 
     return Predictor.from_pretrained(spec.source, revision=spec.revision)
 
@@ -229,7 +229,7 @@ class ModelRegistry:
                 self.get(name)
         if warm_cam and self.available_names:
             # pytorch-grad-cam takes seconds to import: pay it at start, not on the first request.
-            from . import cam  # noqa: F401
+            from ..inference import cam  # noqa: F401
 
     def is_loaded(self, name: str) -> bool:
         entry = self._entries.get(name)
@@ -327,7 +327,7 @@ def _cached_commit(spec: ModelSpec) -> str | None:
     """
     from huggingface_hub import try_to_load_from_cache
 
-    from .constants import MODEL_CONFIG_FILE
+    from ..constants import MODEL_CONFIG_FILE
 
     path = try_to_load_from_cache(spec.hub_id, MODEL_CONFIG_FILE, revision=spec.revision)
     return Path(path).parent.name if isinstance(path, str) else None
@@ -337,7 +337,7 @@ def _load_error_message(spec: ModelSpec, err: Exception) -> str:
     """The message the page shows; the expected failures are logged without a traceback."""
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
-    from .modelfolder import ModelFolderError
+    from ..models.folder import ModelFolderError
 
     if isinstance(err, (HubUnavailableError, ModelFolderError)):
         message = str(err)
@@ -395,13 +395,13 @@ def decode_upload(image: Any) -> Image.Image:
 
 
 def cam_method_choices() -> list[str]:
-    from .cam import CAM_METHODS
+    from ..inference.cam import CAM_METHODS
 
     return [name for name in CAM_METHODS if name not in SLOW_CAM_METHODS]
 
 
 def tta_choices() -> list[tuple[str, str]]:
-    from .tta import TTA_MODES
+    from ..inference.tta import TTA_MODES
 
     return [("model default", MODEL_DEFAULT_TTA)] + [(mode, mode) for mode in TTA_MODES]
 
@@ -419,7 +419,7 @@ def _check_method(method: str | None) -> str:
 
 
 def _check_tta(tta: str | None) -> str | None:
-    from .tta import TTA_MODES
+    from ..inference.tta import TTA_MODES
 
     if tta in (None, "", MODEL_DEFAULT_TTA):
         return None
@@ -452,7 +452,7 @@ def _get_model(registry: ModelRegistry, name: str | None) -> Predictor:
 
 @contextlib.contextmanager
 def _explain_errors() -> Iterator[None]:
-    from .cam import UnsupportedModelError
+    from ..inference.cam import UnsupportedModelError
 
     try:
         yield
@@ -512,7 +512,7 @@ def warnings_markdown(prediction: Prediction) -> str:
 
 
 def agreement_markdown(prediction: Prediction) -> str:
-    from .tta import get_views
+    from ..inference.tta import get_views
 
     views = get_views(prediction.tta)
     agree = sum(label == prediction.label for label in prediction.view_labels)
@@ -535,7 +535,7 @@ def class_notes_markdown(label_names: Sequence[str]) -> str:
 
 
 def _heatmap_image(heatmap) -> Image.Image:
-    from .overlay import colorize
+    from ..inference.overlay import colorize
 
     return Image.fromarray(colorize(heatmap))
 
@@ -804,7 +804,7 @@ def case_images_from(folder: str | Path | None, dataset: str | None) -> CaseImag
 def _dataset_images(dataset: str) -> Path:
     from huggingface_hub import snapshot_download
 
-    from .hub import hub_offline_mode, require_hub
+    from ..hub import hub_offline_mode, require_hub
 
     spec = parse_model_spec(dataset)
     patterns = ["*.jpg", "*.jpeg", "*.png", "**/*.jpg", "**/*.jpeg", "**/*.png"]
@@ -851,7 +851,7 @@ def examples_from_hub(dataset: str) -> Path:
     """Download (or take from cache) a Hub dataset's images; `owner/name@rev` pins a revision."""
     from huggingface_hub import snapshot_download
 
-    from .hub import hub_offline_mode, require_hub
+    from ..hub import hub_offline_mode, require_hub
 
     spec = parse_model_spec(dataset)
     patterns = ["*.jpg", "*.jpeg", "*.png", "**/*.jpg", "**/*.jpeg", "**/*.png"]

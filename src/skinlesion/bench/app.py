@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]  # src/skinlesion/bench/app.py -> the checkout
 APP_FILE = REPO_ROOT / "app.py"
 
 
@@ -155,7 +155,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     import torch
     from gradio_client import Client, handle_file
 
-    from .predictor import Predictor
+    from ..inference.predictor import Predictor
 
     with tempfile.TemporaryDirectory(prefix="bench_app_") as tmp:
         image = synthetic_dermoscopy(Path(tmp) / "lesion.png", width=cfg.width, height=cfg.height, seed=cfg.seed)

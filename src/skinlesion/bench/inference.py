@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import cam, cases
-from . import tta as tta_views
-from .constants import ONNX_FILE
-from .modelfolder import resolve_folder
-from .predictor import Predictor
+from ..constants import ONNX_FILE
+from ..inference import cam, cases
+from ..inference import tta as tta_views
+from ..inference.predictor import Predictor
+from ..models.folder import resolve_folder
 
 # HAM10000's original resolution: the app's typical upload.
 BENCH_IMAGE_SIZE = (600, 450)
@@ -160,8 +160,8 @@ def run(model: str, repeats: int = 20, *, tta: str | None = None, method: str = 
 
 def folder_prediction(model: str, n_images: int, *, batch_size: int, tta: str) -> dict:
     """Images per second of `skinlesion.predict` (decode + batched TTA prediction + CSV) on synthetic JPEGs."""
-    from .predict import PredictConfig
-    from .predict import run as predict_folder
+    from ..inference.predict_folder import PredictConfig
+    from ..inference.predict_folder import run as predict_folder
 
     with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
         root = Path(tmp) / "images"

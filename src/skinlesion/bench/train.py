@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import TrainConfig
-from .constants import CACHE_SHORT_SIDE
-from .training import (
+from ..constants import CACHE_SHORT_SIDE
+from ..training.config import TrainConfig
+from ..training.loop import (
     build_datasets,
     build_step_state,
     make_accelerator,

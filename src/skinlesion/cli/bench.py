@@ -8,8 +8,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-SUBCOMMANDS = {"train": "skinlesion.bench_train", "inference": "skinlesion.bench_inference",
-               "app": "skinlesion.bench_app"}
+SUBCOMMANDS = {"train": "skinlesion.bench.train", "inference": "skinlesion.bench.inference",
+               "app": "skinlesion.bench.app"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,10 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+from ..data.layouts import LAYOUTS, DataError, load_table, verify_images
+from ..data.splits import lesion_grouped_split, merge_groups, read_duplicate_pairs, write_manifest
 from ..hub import HubUnavailableError
 from ..taxonomy import parse_label_map
-from .sources import LAYOUTS, DataError, load_table, verify_images
-from .splits import lesion_grouped_split, merge_groups, read_duplicate_pairs, write_manifest
 
 DUPLICATES_FILE = "duplicate_lesion_pairs.csv"
 

@@ -1,20 +1,38 @@
-"""Datasets: every layout users bring, one table, leakage-free splits, cached torch datasets.
+"""Data: every layout users bring, one table, leakage-free splits, transforms, cached torch datasets.
 
-`dataset` (torch) is imported on first use, so `python -m skinlesion.data describe` and code that
-only reads tables do not pay torch's import time.
+- `layouts`: HAM10000, ISIC 2017/2018/2019, PH2, image folders and Hugging Face datasets (`hf`) read
+  into one `LesionTable`;
+- `splits`: lesion-grouped stratified splits and the split manifest;
+- `transforms`: preprocessing (what a model folder records) and augmentation;
+- `dataset`: the decoded-once uint8 cache and the torch dataset over a table.
+
+Names are imported on first use, so `skinlesion data describe` does not pay torch's import time and
+`skinlesion.data.transforms` (which the Predictor uses) does not pay pandas'.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from .sources import DataError, LesionTable, detect_layout, load_table, verify_images
-from .splits import lesion_grouped_split, read_duplicate_pairs, read_manifest, select_split, write_manifest
+import importlib
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .dataset import LesionDataset, balanced_sampler, build_cache, class_weights
+    from .layouts import DataError, LesionTable, detect_layout, load_table, verify_images
+    from .splits import (
+        lesion_grouped_split,
+        read_duplicate_pairs,
+        read_manifest,
+        select_split,
+        write_manifest,
+    )
 
-_LAZY = {"LesionDataset", "balanced_sampler", "build_cache", "class_weights"}
+_LAZY = {
+    "DataError": "layouts", "LesionTable": "layouts", "detect_layout": "layouts", "load_table": "layouts",
+    "verify_images": "layouts",
+    "lesion_grouped_split": "splits", "read_duplicate_pairs": "splits", "read_manifest": "splits",
+    "select_split": "splits", "write_manifest": "splits",
+    "LesionDataset": "dataset", "balanced_sampler": "dataset", "build_cache": "dataset", "class_weights": "dataset",
+}
 
 __all__ = [
     "DataError", "LesionDataset", "LesionTable", "balanced_sampler", "build_cache", "class_weights",
@@ -23,9 +41,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from . import dataset
-
-        return getattr(dataset, name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..hub import HubUnavailableError, looks_like_hub_id, require_hub
 from ..imageio import ImageLoadError, load_rgb
-from .sources import DataError, LesionTable, _finish, _problem
+from .layouts import DataError, LesionTable, _finish, _problem
 
 IMAGE_COLUMNS = ("image", "img", "images")
 LABEL_COLUMNS = ("label", "dx", "labels", "diagnosis", "class")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .sources import DataError, LesionTable
+from .layouts import DataError, LesionTable
 
 SPLITS = ("train", "val", "test")
 

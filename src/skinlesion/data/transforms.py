@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-from .constants import (
+from ..constants import (
     COLOR_CONSTANCY,
     DEFAULT_CROP_PCT,
     DEFAULT_IMAGE_SIZE,

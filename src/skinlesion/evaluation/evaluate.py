@@ -28,15 +28,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from . import calibration, cases, metrics, reporting, tta
-from .constants import MANIFEST_FILE
-from .data import DataError, LesionDataset, LesionTable, load_table, read_manifest, select_split
-from .data.sources import ISIC2018_TO_HAM, ISIC2019_TO_HAM
+from ..constants import MANIFEST_FILE
+from ..data import DataError, LesionDataset, LesionTable, load_table, read_manifest, select_split
+from ..data.layouts import ISIC2018_TO_HAM, ISIC2019_TO_HAM
+from ..data.transforms import eval_transform
+from ..imageio import load_rgb
+from ..inference import calibration, cases, tta
+from ..models.folder import update_extras
+from ..taxonomy import ALIASES
+from . import metrics, reporting
 from .explain_quality import QualityConfig, evaluate_explanations
-from .imageio import load_rgb
-from .modelfolder import update_extras
-from .taxonomy import ALIASES
-from .transforms import eval_transform
 
 OOD_QUANTILE = 0.01
 NO_DOWNSCALE = 1 << 30  # a short-side cap no image reaches
@@ -192,7 +193,7 @@ def folder_features(predictor, folder: str | Path, *, batch_size: int = 32) -> t
 
     The Predictor's own decoding and preprocessing, as for an upload; an unreadable file raises naming it.
     """
-    from .predict import find_images
+    from ..inference.predict_folder import find_images
 
     paths = find_images(Path(folder))
     if not paths:
@@ -404,7 +405,7 @@ def comparison_row(name: str, source: str, report: dict, mode: str, n_views: int
 # ---------------------------------------------------------------------------------------------
 
 def _load_predictor(source: str, cfg: EvalConfig):
-    from .predictor import Predictor
+    from ..inference.predictor import Predictor
 
     return Predictor.from_pretrained(source, revision=cfg.revision, device=cfg.device)
 

@@ -27,10 +27,10 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from . import calibration, cam, tta
-from .data.sources import MASK_SUFFIXES, LesionTable
-from .imageio import is_image_file, load_rgb
-from .transforms import eval_geometry, eval_transform
+from ..data.layouts import MASK_SUFFIXES, LesionTable
+from ..data.transforms import eval_geometry, eval_transform
+from ..imageio import is_image_file, load_rgb
+from ..inference import calibration, cam, tta
 
 Tensor = torch.Tensor
 DEFAULT_STEPS = 16  # perturbation steps per curve: 17 images per curve, scored in one batch

@@ -26,8 +26,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from .calibration import expected_calibration_error
-from .taxonomy import malignant_indices
+from ..inference.calibration import expected_calibration_error
+from ..taxonomy import malignant_indices
 
 ECE_BINS = 15  # Guo et al. 2017; calibration.expected_calibration_error uses the same bins
 

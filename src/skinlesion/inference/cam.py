@@ -101,7 +101,7 @@ def cam_target(model: nn.Module) -> CamTarget:
     from timm.models.resnet import ResNet
     from timm.models.vision_transformer import VisionTransformer
 
-    from .models import LesionCNN
+    from ..models.architectures import LesionCNN
 
     if isinstance(model, ResNet):
         return CamTarget("resnet", model.layer4[-1])

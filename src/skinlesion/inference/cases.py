@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..models.folder import CASE_INDEX_FILE, ModelFolderError
 from .features import l2_normalise
-from .modelfolder import CASE_INDEX_FILE, ModelFolderError
 from .ood import read_safetensors
 
 Tensor = torch.Tensor

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .imageio import ImageLoadError, load_rgb
+from ..imageio import ImageLoadError, load_rgb
 from .overlay import side_by_side
 from .predictor import Explanation, Predictor
 from .tta import TTA_MODES

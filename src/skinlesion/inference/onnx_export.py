@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
+from ..constants import MODEL_WEIGHTS_FILE, ONNX_FILE
+from ..models.folder import ModelFolderError, load_model_folder
 from . import features as feature_split
-from .constants import MODEL_WEIGHTS_FILE, ONNX_FILE
-from .modelfolder import ModelFolderError, load_model_folder
 from .predictor import ONNX_FEATURES_OUTPUT, ONNX_WEIGHTS_HASH_KEY, OnnxForward, file_sha256
 
 DEFAULT_OPSET = 18

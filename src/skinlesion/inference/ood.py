@@ -35,9 +35,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..models.folder import OOD_STATS_FILE, ModelFolderError
 from . import calibration
 from .features import l2_normalise
-from .modelfolder import OOD_STATS_FILE, ModelFolderError
 
 Tensor = torch.Tensor
 

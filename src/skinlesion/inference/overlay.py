@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .transforms import Preprocessing, resize_size
+from ..data.transforms import Preprocessing, resize_size
 
 
 @dataclass(frozen=True)

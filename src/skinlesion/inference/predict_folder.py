@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .imageio import ImageLoadError, is_image_file
+from ..imageio import ImageLoadError, is_image_file
 from .predictor import Prediction, Predictor
 from .tta import TTA_MODES
 

@@ -28,14 +28,14 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from ..constants import MANIFEST_FILE, MODEL_WEIGHTS_FILE, ONNX_FILE
+from ..data.transforms import Preprocessing, eval_transform
+from ..imageio import ImageSource, load_rgb
+from ..models.folder import LoadedModel, ModelFolderError, load_model_folder, resolve_folder
+from ..taxonomy import describe_label, malignant_indices
 from . import calibration, cases, ood, overlay
 from . import features as feature_split
 from . import tta as tta_views
-from .constants import MANIFEST_FILE, MODEL_WEIGHTS_FILE, ONNX_FILE
-from .imageio import ImageSource, load_rgb
-from .modelfolder import LoadedModel, ModelFolderError, load_model_folder, resolve_folder
-from .taxonomy import describe_label, malignant_indices
-from .transforms import Preprocessing, eval_transform
 
 logger = logging.getLogger(__name__)
 
@@ -442,7 +442,7 @@ def load_feature_extras(folder: Path, loaded: LoadedModel) -> tuple[ood.OodDetec
     weights_sha = file_sha256(folder / MODEL_WEIGHTS_FILE)
     manifest_sha = extras.get("manifest_sha256")
     if manifest_sha is None and (folder / MANIFEST_FILE).is_file():
-        from .data.splits import manifest_hash
+        from ..data.splits import manifest_hash
 
         manifest_sha = manifest_hash(folder / MANIFEST_FILE)
     detector = ood.load_detector(folder, extras, weights_sha256=weights_sha)

@@ -16,8 +16,8 @@ from timm.layers import SelectAdaptivePool2d, SEModule
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.densenet import DenseNet
 
-from .constants import DEFAULT_CROP_PCT, DEFAULT_IMAGE_SIZE, DEFAULT_MEAN, DEFAULT_STD
-from .hub import require_hub
+from ..constants import DEFAULT_CROP_PCT, DEFAULT_IMAGE_SIZE, DEFAULT_MEAN, DEFAULT_STD
+from ..hub import require_hub
 
 # Architectures users compare by name (README table); any other timm name works too.
 NAMED_ARCHITECTURES = ("resnet18", "resnet50", "efficientnet_b0", "efficientnet_b3", "densenet121",

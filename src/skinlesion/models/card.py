@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .constants import MODEL_CONFIG_FILE
-from .taxonomy import describe_label
+from ..constants import MODEL_CONFIG_FILE
+from ..taxonomy import describe_label
 
 LICENCE_NOTE = (
     "Trained on HAM10000 (Tschandl, Rosendahl, Kittler, *Sci Data* 5, 180161, 2018), licensed CC BY-NC-SA 4.0: "

@@ -23,11 +23,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from . import models as _models  # noqa: F401  (registers our architectures with timm)
-from .constants import MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE
-from .hub import HubUnavailableError, hub_offline_mode, looks_like_hub_id, require_hub
-from .taxonomy import describe_label
-from .transforms import Preprocessing
+from ..constants import MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE
+from ..data.transforms import Preprocessing
+from ..hub import HubUnavailableError, hub_offline_mode, looks_like_hub_id, require_hub
+from ..taxonomy import describe_label
+from . import architectures  # importing it registers our architectures with timm
 
 FORMAT_VERSION = 1
 SECTION = "skinlesion"
@@ -190,8 +190,8 @@ def load_model_folder(source: str | Path, *, revision: str | None = None, device
         raise ModelFolderError(f"{folder}: no {MODEL_WEIGHTS_FILE}{hint}")
     arch = config["architecture"]
     try:
-        _models.check_model_name(arch)
-    except _models.UnknownModelError as err:
+        architectures.check_model_name(arch)
+    except architectures.UnknownModelError as err:
         raise ModelFolderError(f"{folder}: {err}") from err
     model = timm.create_model(arch, pretrained=False, num_classes=config["num_classes"],
                               **config.get("model_args", {}))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import timm
 
-from .models import check_model_name
+from .architectures import check_model_name
 
 # What the model card says about ImageNet-1k starting weights (the terms of access of the data set).
 IMAGENET_LICENCE_NOTE = ("Started from ImageNet-1k weights; ImageNet's terms of access are non-commercial "

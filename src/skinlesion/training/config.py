@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .constants import COLOR_CONSTANCY, DEFAULT_CROP_PCT, DEFAULT_IMAGE_SIZE, DEFAULT_INTERPOLATION
+from ..constants import COLOR_CONSTANCY, DEFAULT_CROP_PCT, DEFAULT_IMAGE_SIZE, DEFAULT_INTERPOLATION
 
 LOSSES = ("ce", "weighted_ce", "focal")
 SAMPLINGS = ("plain", "balanced")

@@ -27,15 +27,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import cases, ood
-from .constants import MANIFEST_FILE, MODEL_WEIGHTS_FILE
-from .data import DataError, LesionTable, load_table, read_manifest, select_split
-from .data.sources import LAYOUTS, find_ham_csv
-from .data.splits import manifest_hash
-from .hub import HubUnavailableError
-from .imageio import ImageLoadError
-from .modelfolder import ModelFolderError, update_extras
-from .taxonomy import parse_label_map
+from ..constants import MANIFEST_FILE, MODEL_WEIGHTS_FILE
+from ..data import DataError, LesionTable, load_table, read_manifest, select_split
+from ..data.layouts import LAYOUTS, find_ham_csv
+from ..data.splits import manifest_hash
+from ..hub import HubUnavailableError
+from ..imageio import ImageLoadError
+from ..inference import cases, ood
+from ..models.folder import ModelFolderError, update_extras
+from ..taxonomy import parse_label_map
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def subsample(table: LesionTable, limit: int, seed: int) -> LesionTable:
 
 
 def split_features(predictor, table: LesionTable, cfg: FitFeaturesConfig) -> SplitFeatures:
-    from .evaluation import collect_view_logits
+    from ..evaluation.evaluate import collect_view_logits
 
     out = collect_view_logits(predictor, table, "none", batch_size=cfg.batch_size, workers=cfg.workers,
                               progress=cfg.progress)
@@ -123,7 +123,7 @@ def resolve_manifest(folder: Path, manifest: str | None, extras: dict) -> tuple[
 
 def run(cfg: FitFeaturesConfig) -> dict:
     """Fit the detector and/or build the index; write them into the model folder; return a summary."""
-    from .predictor import Predictor, file_sha256
+    from ..inference.predictor import Predictor, file_sha256
 
     if not (cfg.fit_ood or cfg.build_index):
         raise ValueError("nothing to do: both --no-ood and --no-index were given")

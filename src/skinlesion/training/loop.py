@@ -29,10 +29,8 @@ from accelerate.utils import set_seed
 from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 from torch.utils.data import DataLoader, RandomSampler
 
-from . import calibration, checkpoint, tta
-from .config import TrainConfig
-from .constants import CACHE_SHORT_SIDE, DEFAULT_MEAN, DEFAULT_STD, MANIFEST_FILE
-from .data import (
+from ..constants import CACHE_SHORT_SIDE, DEFAULT_MEAN, DEFAULT_STD, MANIFEST_FILE
+from ..data import (
     DataError,
     LesionDataset,
     LesionTable,
@@ -46,13 +44,16 @@ from .data import (
     select_split,
     write_manifest,
 )
-from .data.splits import manifest_hash
+from ..data.splits import manifest_hash
+from ..data.transforms import Augmentation, Preprocessing, eval_transform, train_transform
+from ..inference import calibration, tta
+from ..models.architectures import check_model_name, create_model
+from ..models.folder import load_model_folder, read_config, resolve_folder, save_model_folder, update_extras
+from ..models.pretrained import check_weights_file, normalisation_for, weights_provenance
+from ..taxonomy import parse_label_map
+from . import checkpoint
+from .config import TrainConfig
 from .losses import build_loss
-from .modelfolder import load_model_folder, read_config, resolve_folder, save_model_folder, update_extras
-from .models import check_model_name, create_model
-from .pretrained import check_weights_file, normalisation_for, weights_provenance
-from .taxonomy import parse_label_map
-from .transforms import Augmentation, Preprocessing, eval_transform, train_transform
 
 HISTORY_FILE = "history.csv"
 CHECKPOINT_DIR = "checkpoints"
@@ -147,11 +148,11 @@ def check_setup(cfg: TrainConfig, *, is_main: bool) -> dict | None:
         raise TrainingSetupError(f"{out / CHECKPOINT_DIR} holds checkpoints of an earlier run: pass --resume to "
                                  "continue it, or choose another --output-dir (or delete that folder)")
     if cfg.push_to_hub:
-        from .publish import check_can_push
+        from ..publish import check_can_push
 
         check_can_push(cfg.push_to_hub)
     if cfg.pretrained:
-        from .hub import require_hub
+        from ..hub import require_hub
 
         require_hub(f"ImageNet weights for {cfg.model!r} (--pretrained)")
     if cfg.pretrained_file:
@@ -576,7 +577,7 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
     if is_main:
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
         if cfg.push_to_hub:
-            from .publish import push_folder
+            from ..publish import push_folder
 
             summary["hub_url"] = push_folder(out, cfg.push_to_hub, private=cfg.hub_private)
     accelerator.wait_for_everyone()
@@ -615,7 +616,7 @@ def finalize(cfg: TrainConfig, accelerator: Accelerator, split: SplitData, val_l
                       ood={"score": "energy", "threshold": threshold, "quantile": 0.01},
                       calibration={"fitted_on": "val", "tta": cfg.tta, "ece_before": before, "ece_after": after,
                                    "n": int(len(targets))})
-        from .modelcard import write_model_card
+        from ..models.card import write_model_card
 
         write_model_card(out)
     return result

@@ -13,8 +13,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from ..constants import MANIFEST_FILE
 from .config import LOSSES, TrainConfig
-from .constants import MANIFEST_FILE
 
 RESULTS_CSV = "tuning_results.csv"
 RESULTS_MD = "tuning_results.md"
@@ -71,7 +71,7 @@ def write_results(out: Path, rows: list[dict[str, Any]]) -> tuple[Path, Path]:
 def tune(cfg: TrainConfig, *, trials: int, epochs: int | None = None) -> dict:
     """Run `trials` Optuna trials of `epochs` (default cfg.epochs) each; returns the best and the table paths."""
     optuna = import_optuna()
-    from .training import TrainingSetupError, check_output_dir, launched_world_size, prepare_split, train
+    from .loop import TrainingSetupError, check_output_dir, launched_world_size, prepare_split, train
 
     if trials < 1:
         raise ValueError("--tune needs at least one trial")
