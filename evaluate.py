@@ -19,7 +19,8 @@ import argparse
 import json
 import sys
 
-from skinlesion.data.layouts import LAYOUTS, DataError
+from skinlesion.data.layouts import LAYOUTS
+from skinlesion.data.table import DataError
 from skinlesion.evaluation.evaluate import EVAL_SPLITS, CalibrationSplitError, EvalConfig, command_line, run
 from skinlesion.evaluation.explain_quality import MaskError
 from skinlesion.hub import HubUnavailableError

@@ -7,8 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from ..data.layouts import LAYOUTS, DataError, load_table, verify_images
+from ..data.layouts import LAYOUTS, load_table, verify_images
 from ..data.splits import lesion_grouped_split, merge_groups, read_duplicate_pairs, write_manifest
+from ..data.table import DataError
 from ..hub import HubUnavailableError
 from ..taxonomy import parse_label_map
 

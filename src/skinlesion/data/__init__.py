@@ -1,7 +1,7 @@
 """Data: every layout users bring, one table, leakage-free splits, transforms, cached torch datasets.
 
-- `layouts`: HAM10000, ISIC 2017/2018/2019, PH2, image folders and Hugging Face datasets (`hf`) read
-  into one `LesionTable`;
+- `table`: the one `LesionTable` every layout is read into, and `DataError`;
+- `layouts`: HAM10000, ISIC 2017/2018/2019, PH2 and image folders, and Hugging Face datasets (`hf`);
 - `splits`: lesion-grouped stratified splits and the split manifest;
 - `transforms`: preprocessing (what a model folder records) and augmentation;
 - `dataset`: the decoded-once uint8 cache and the torch dataset over a table.
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .dataset import LesionDataset, balanced_sampler, build_cache, class_weights
-    from .layouts import DataError, LesionTable, detect_layout, load_table, verify_images
+    from .layouts import detect_layout, load_table, verify_images
     from .splits import (
         lesion_grouped_split,
         read_duplicate_pairs,
@@ -25,9 +25,10 @@ if TYPE_CHECKING:
         select_split,
         write_manifest,
     )
+    from .table import DataError, LesionTable
 
 _LAZY = {
-    "DataError": "layouts", "LesionTable": "layouts", "detect_layout": "layouts", "load_table": "layouts",
+    "DataError": "table", "LesionTable": "table", "detect_layout": "layouts", "load_table": "layouts",
     "verify_images": "layouts",
     "lesion_grouped_split": "splits", "read_duplicate_pairs": "splits", "read_manifest": "splits",
     "select_split": "splits", "write_manifest": "splits",

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, WeightedRandomSampler
 
 from ..constants import CACHE_SHORT_SIDE
 from ..imageio import ImageLoadError, load_rgb
-from .layouts import DataError, LesionTable
+from .table import DataError, LesionTable
 
 
 def decode_for_cache(path: str, short_side: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..hub import HubUnavailableError, looks_like_hub_id, require_hub
 from ..imageio import ImageLoadError, load_rgb
-from .layouts import DataError, LesionTable, _finish, _problem
+from .table import DataError, LesionTable, record_problem, table_from_rows
 
 IMAGE_COLUMNS = ("image", "img", "images")
 LABEL_COLUMNS = ("label", "dx", "labels", "diagnosis", "class")
@@ -89,7 +89,7 @@ def read_hf_dataset(source: str, *, split: str | None = None, skip_bad: bool = F
         if raw_label is None or (names is not None and not 0 <= int(raw_label) < len(names)):
             # ClassLabel stores a missing label as -1, which would otherwise index the last class.
             bad += 1
-            _problem(problems, f"{where}: no valid label ({raw_label!r})", skip_bad)
+            record_problem(problems, f"{where}: no valid label ({raw_label!r})", skip_bad)
             continue
         label = names[int(raw_label)] if names is not None else str(raw_label).strip()
         path = out_dir / f"{i:07d}.png"
@@ -98,7 +98,7 @@ def read_hf_dataset(source: str, *, split: str | None = None, skip_bad: bool = F
                 img = _decode(rec[image_col], where)
             except ImageLoadError as err:
                 bad += 1
-                _problem(problems, str(err), skip_bad)
+                record_problem(problems, str(err), skip_bad)
                 continue
             tmp = out_dir / f"{i:07d}.{os.getpid()}.tmp"
             img.save(tmp, format="PNG")
@@ -107,7 +107,7 @@ def read_hf_dataset(source: str, *, split: str | None = None, skip_bad: bool = F
         rows.append({"image_id": image_id, "path": str(path), "label": label, "group": group})
     if not rows:
         raise DataError(f"{source}: no usable rows ({len(ds)} in the dataset; problems: {problems[:3]})")
-    return _finish(rows, "hf", Path(source), problems, {"exported_images": len(rows), "bad_rows": bad}, label_map)
+    return table_from_rows(rows, "hf", Path(source), problems, {"exported_images": len(rows), "bad_rows": bad}, label_map)
 
 
 def _decode(value, where: str):

@@ -1,18 +1,13 @@
-"""Every dataset layout users bring, read into one table.
+"""Every dataset layout users bring, read into one table (`table.LesionTable`).
 
-The table (`LesionTable.frame`) has one row per image with columns
-`image_id, path, label, group` and, when the source has them, `age, sex, site`.
 `group` is what a split must keep together (the lesion); it is filled here and merged later.
-Problems (missing files, unknown labels, dropped rows) are collected in `LesionTable.problems`
-when the caller asked to skip them, and raised as `DataError` naming the row otherwise.
+Hugging Face datasets are read by `hf.py`, imported only when that layout is asked for.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -20,11 +15,11 @@ import pandas as pd
 from .. import taxonomy
 from ..hub import looks_like_hub_id
 from ..imageio import ImageLoadError, is_image_file, load_rgb
+from .table import DataError, LesionTable, record_problem, table_from_rows
 
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("ham10000", "isic2017", "isic2018", "isic2019", "ph2", "imagefolder", "hf")
-TABLE_COLUMNS = ["image_id", "path", "label", "group", "age", "sex", "site"]
 
 HAM10000_CSV = "HAM10000_metadata.csv"
 HAM10000_REQUIRED = ("lesion_id", "image_id", "dx")
@@ -39,42 +34,6 @@ ISIC2018_TO_HAM = {c: c.lower() for c in ISIC2018_COLUMNS[1:]}
 ISIC_COLUMNS = {"isic2017": ISIC2017_COLUMNS, "isic2018": ISIC2018_COLUMNS, "isic2019": ISIC2019_COLUMNS}
 # A mask or segmentation file beside an image (PH2's `_lesion`, ISIC's `_segmentation`) is not a sample.
 MASK_SUFFIXES = ("_lesion", "_mask", "_segmentation", "_roi")
-
-
-class DataError(ValueError):
-    """A dataset cannot be read as asked; the message names the file, row or column at fault."""
-
-
-@dataclass
-class LesionTable:
-    frame: pd.DataFrame
-    layout: str
-    root: str
-    problems: list[str] = field(default_factory=list)
-    counters: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def classes(self) -> list[str]:
-        # Sorted before ids are assigned, so every process and every run agrees on the index of a class.
-        return sorted(self.frame["label"].unique().tolist())
-
-    def describe(self) -> dict:
-        frame = self.frame
-        return {
-            "layout": self.layout,
-            "root": self.root,
-            "n_images": int(len(frame)),
-            "classes": {k: int(v) for k, v in sorted(Counter(frame["label"]).items())},
-            "n_groups": int(frame["group"].nunique()),
-            "counters": dict(self.counters),
-            "problems": list(self.problems),
-        }
-
-
-def _problem(table_problems: list[str], message: str, skip_bad: bool) -> None:
-    if not skip_bad:
-        raise DataError(message + " (pass skip_bad / --skip-bad to skip such rows and count them)")
-    table_problems.append(message)
 
 
 def is_mask(path: Path, root: Path) -> bool:
@@ -136,34 +95,17 @@ def _attach_paths(rows: list[dict], images: dict[str, Path], problems: list[str]
         path = images.get(row["image_id"])
         if path is None:
             missing += 1
-            _problem(problems, f"{csv_path} row {row['_row']}: image {row['image_id']!r} not found under "
-                               f"{csv_path.parent}", skip_bad)
+            record_problem(problems, f"{csv_path} row {row['_row']}: image {row['image_id']!r} not found under "
+                                     f"{csv_path.parent}", skip_bad)
             continue
         row["path"] = str(path)
         kept.append(row)
     return kept, missing
 
 
-def _finish(rows: list[dict], layout: str, root: Path, problems: list[str], counters: dict[str, int],
-            label_map: dict[str, str]) -> LesionTable:
-    frame = pd.DataFrame(rows)
-    for col in TABLE_COLUMNS:
-        if col not in frame.columns:
-            frame[col] = None
-    frame = frame[TABLE_COLUMNS].reset_index(drop=True)
-    if label_map:
-        frame["label"] = frame["label"].map(lambda x: label_map.get(x, x))
-    if frame.empty:
-        raise DataError(f"{root}: no usable images found for layout {layout!r}")
-    if frame["image_id"].duplicated().any():
-        dup = frame.loc[frame["image_id"].duplicated(), "image_id"].iloc[0]
-        raise DataError(f"{root}: image id {dup!r} appears more than once")
-    return LesionTable(frame=frame, layout=layout, root=str(root), problems=problems, counters=counters)
-
-
 def _check_label(label: str, row_desc: str, allowed: set[str] | None, problems: list[str], skip_bad: bool) -> bool:
     if allowed is not None and label not in allowed:
-        _problem(problems, f"{row_desc}: unknown label {label!r} (known: {sorted(allowed)})", skip_bad)
+        record_problem(problems, f"{row_desc}: unknown label {label!r} (known: {sorted(allowed)})", skip_bad)
         return False
     return True
 
@@ -198,7 +140,7 @@ def read_ham10000(path: Path, *, skip_bad: bool = False, label_map: dict[str, st
         image_id = _image_id(rec["image_id"])
         if not image_id:
             bad_rows += 1
-            _problem(problems, f"{where}: empty image_id", skip_bad)
+            record_problem(problems, f"{where}: empty image_id", skip_bad)
             continue
         if not _check_label(label, where, allowed, problems, skip_bad):
             unknown += 1
@@ -222,7 +164,7 @@ def read_ham10000(path: Path, *, skip_bad: bool = False, label_map: dict[str, st
         })
     rows, missing = _attach_paths(rows, index_images(root), problems, skip_bad, csv_path)
     counters = {"missing_images": missing, "unknown_labels": unknown, "bad_rows": bad_rows}
-    return _finish(rows, "ham10000", root, problems, counters, label_map)
+    return table_from_rows(rows, "ham10000", root, problems, counters, label_map)
 
 
 def _isic_layout_of(columns: list[str]) -> str | None:
@@ -304,18 +246,18 @@ def read_isic_csv(path: Path, *, skip_bad: bool = False, label_map: dict[str, st
                 label = mapping[hot[0]]
         except (ValueError, KeyError) as err:
             bad_rows += 1
-            _problem(problems, f"{where}: {err}", skip_bad)
+            record_problem(problems, f"{where}: {err}", skip_bad)
             continue
         if not image_id:
             bad_rows += 1
-            _problem(problems, f"{where}: empty image id", skip_bad)
+            record_problem(problems, f"{where}: empty image id", skip_bad)
             continue
         rows.append({"_row": i, "image_id": image_id, "label": label, "group": image_id})
     if dropped_unk:
         problems.append(f"{csv_path}: dropped {dropped_unk} UNK rows (no HAM10000 class)")
     rows, missing = _attach_paths(rows, index_images(root), problems, skip_bad, csv_path)
     counters = {"missing_images": missing, "dropped_unk": dropped_unk, "bad_rows": bad_rows}
-    return _finish(rows, layout, root, problems, counters, label_map or {})
+    return table_from_rows(rows, layout, root, problems, counters, label_map or {})
 
 
 def read_imagefolder(path: Path, *, skip_bad: bool = False, label_map: dict[str, str] | None = None) -> LesionTable:
@@ -337,7 +279,7 @@ def read_imagefolder(path: Path, *, skip_bad: bool = False, label_map: dict[str,
             # Ids are relative paths so two classes may both hold an 'IMD002.bmp'.
             image_id = str(file.relative_to(path).with_suffix(""))
             rows.append({"image_id": image_id, "path": str(file), "label": class_dir.name, "group": image_id})
-    return _finish(rows, "imagefolder", path, problems, {"ignored_files": ignored}, label_map or {})
+    return table_from_rows(rows, "imagefolder", path, problems, {"ignored_files": ignored}, label_map or {})
 
 
 PH2_TXT = "PH2_dataset.txt"
@@ -375,14 +317,14 @@ def read_ph2(path: Path, *, skip_bad: bool = False, label_map: dict[str, str] | 
         code = cells[diag_col] if len(cells) > diag_col else ""
         if code not in PH2_DIAGNOSES:
             bad_rows += 1
-            _problem(problems, f"{txt_path} line {i}: clinical diagnosis {code!r} of {image_id} is not one of "
-                               f"{sorted(PH2_DIAGNOSES)}", skip_bad)
+            record_problem(problems, f"{txt_path} line {i}: clinical diagnosis {code!r} of {image_id} is not one of "
+                                     f"{sorted(PH2_DIAGNOSES)}", skip_bad)
             continue
         rows.append({"_row": i, "image_id": image_id, "label": PH2_DIAGNOSES[code], "group": image_id})
     if name_col is None:
         raise DataError(f"{txt_path}: no header line with 'Name' and 'Clinical Diagnosis' columns")
     rows, missing = _attach_paths(rows, index_images(root), problems, skip_bad, txt_path)
-    return _finish(rows, "ph2", root, problems, {"missing_images": missing, "bad_rows": bad_rows},
+    return table_from_rows(rows, "ph2", root, problems, {"missing_images": missing, "bad_rows": bad_rows},
                    label_map or {})
 
 
@@ -468,10 +410,10 @@ def verify_images(table: LesionTable, *, skip_bad: bool = False) -> LesionTable:
             load_rgb(path)
         except ImageLoadError as err:
             bad_rows.append(idx)
-            _problem(problems, str(err), skip_bad)
+            record_problem(problems, str(err), skip_bad)
         except Exception as err:  # noqa: BLE001 - Pillow raises odd types on odd files; name the file
             bad_rows.append(idx)
-            _problem(problems, f"{path}: cannot decode ({type(err).__name__}: {err})", skip_bad)
+            record_problem(problems, f"{path}: cannot decode ({type(err).__name__}: {err})", skip_bad)
     frame = table.frame.drop(index=bad_rows).reset_index(drop=True)
     counters = {**table.counters, "unreadable_images": len(bad_rows)}
     return LesionTable(frame=frame, layout=table.layout, root=table.root, problems=problems, counters=counters)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .layouts import DataError, LesionTable
+from .table import DataError, LesionTable
 
 SPLITS = ("train", "val", "test")
 

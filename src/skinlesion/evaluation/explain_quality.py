@@ -27,7 +27,8 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from ..data.layouts import MASK_SUFFIXES, LesionTable
+from ..data.layouts import MASK_SUFFIXES
+from ..data.table import LesionTable
 from ..data.transforms import eval_geometry, eval_transform
 from ..imageio import is_image_file, load_rgb
 from ..inference import calibration, cam, tta
