@@ -1,8 +1,8 @@
 """A tiny model folder with fitted OOD statistics and a case index, on synthetic HAM10000-like data.
 
 `make_fitted(tmp_path)` writes a 3-class lesion_cnn folder, a synthetic HAM10000 layout (two images per
-lesion, `dx_type` alternating) with a lesion-grouped manifest, and runs `skinlesion.fit_features` on
-it in-process. Everything is seeded and made here; nothing is read from ../shared/data.
+lesion, `dx_type` alternating) with a lesion-grouped manifest, and runs `skinlesion fit-features`'s
+library function on it in-process. Everything is seeded and made here; nothing is read from ../shared/data.
 """
 
 from __future__ import annotations

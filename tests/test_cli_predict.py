@@ -1,4 +1,4 @@
-"""The thin CLIs: folder prediction to CSV, explanation PNGs + JSON, and the inference benchmark."""
+"""`skinlesion predict` and `skinlesion explain`: folder prediction to CSV, explanation PNGs + JSON; the inference benchmark."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from conftest import synthetic_lesion
 from PIL import Image
 
 from skinlesion.bench import inference as bench_inference
-from skinlesion.inference import explain_images as explain
-from skinlesion.inference import predict_folder as predict
+from skinlesion.cli.main import main as skinlesion
+from skinlesion.inference import explain_images, predict_folder
 from skinlesion.inference.predictor import Predictor
 
 
@@ -35,12 +35,12 @@ def read_csv(path: Path) -> list[dict]:
 
 def test_predict_folder_writes_one_row_per_image(tiny_model_folder, image_dir, tmp_path):
     out = tmp_path / "preds.csv"
-    code = predict.main(["--model", str(tiny_model_folder), "--images", str(image_dir), "--out", str(out),
+    code = skinlesion(["predict", "--model", str(tiny_model_folder), "--images", str(image_dir), "--out", str(out),
                          "--batch-size", "2", "--no-progress"])
     assert code == 0
     rows = read_csv(out)
     assert [r["path"] for r in rows] == ["a.jpg", "b.png", "sub/c.jpg"]
-    assert list(rows[0]) == predict.csv_columns(["bkl", "mel", "nv"])
+    assert list(rows[0]) == predict_folder.csv_columns(["bkl", "mel", "nv"])
     reference = Predictor.from_pretrained(tiny_model_folder).predict(image_dir / "b.png")
     assert rows[1]["label"] == reference.label
     assert float(rows[1]["prob_mel"]) == pytest.approx(reference.probs["mel"], abs=1e-5)
@@ -53,10 +53,10 @@ def test_predict_folder_stops_on_a_bad_file_unless_skip_bad(tiny_model_folder, i
     (image_dir / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     out = tmp_path / "preds.csv"
     args = ["--model", str(tiny_model_folder), "--images", str(image_dir), "--out", str(out), "--no-progress"]
-    assert predict.main(args) == 1
+    assert skinlesion(["predict", *args]) == 1
     assert "broken.jpg" in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob("*.partial"))  # no half-written CSV
-    assert predict.main([*args, "--skip-bad"]) == 0
+    assert skinlesion(["predict", *args, "--skip-bad"]) == 0
     rows = {r["path"]: r for r in read_csv(out)}
     assert len(rows) == 4
     assert "broken.jpg" in rows["broken.jpg"]["error"] and rows["broken.jpg"]["label"] == ""
@@ -66,7 +66,7 @@ def test_predict_folder_stops_on_a_bad_file_unless_skip_bad(tiny_model_folder, i
 def test_explain_cli_writes_overlays_and_json(tiny_model_folder, image_dir, tmp_path):
     out = tmp_path / "explained"
     images = [image_dir / "a.jpg", image_dir / "b.png"]
-    code = explain.main(["--model", str(tiny_model_folder), "--image", *map(str, images), "--out", str(out),
+    code = skinlesion(["explain", "--model", str(tiny_model_folder), "--image", *map(str, images), "--out", str(out),
                          "--method", "gradcam++", "--tta", "none", "--alpha", "0.3"])
     assert code == 0
     entries = json.loads((out / "predictions.json").read_text())
@@ -80,7 +80,7 @@ def test_explain_cli_compares_models_side_by_side(tiny_model_folder, image_dir, 
     second = tmp_path / "second_model"
     shutil.copytree(tiny_model_folder, second)
     out = tmp_path / "compare"
-    code = explain.main(["--models", str(tiny_model_folder), str(second), "--image", str(image_dir / "a.jpg"),
+    code = skinlesion(["explain", "--models", str(tiny_model_folder), str(second), "--image", str(image_dir / "a.jpg"),
                          "--out", str(out), "--target", "mel"])
     assert code == 0
     entries = json.loads((out / "predictions.json").read_text())
@@ -95,12 +95,12 @@ def test_explain_cli_rejects_a_bad_image_before_writing(tiny_model_folder, tmp_p
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"nope")
     out = tmp_path / "out"
-    assert explain.main(["--model", str(tiny_model_folder), "--image", str(bad), "--out", str(out)]) == 1
+    assert skinlesion(["explain", "--model", str(tiny_model_folder), "--image", str(bad), "--out", str(out)]) == 1
     assert "bad.png" in capsys.readouterr().err and not out.exists()
 
 
 def test_unique_stems_never_collide():
-    assert explain.unique_stems([Path("a/x.jpg"), Path("b/x.png"), Path("y.jpg")]) == ["x", "x_2", "y"]
+    assert explain_images.unique_stems([Path("a/x.jpg"), Path("b/x.png"), Path("y.jpg")]) == ["x", "x_2", "y"]
 
 
 def test_bench_inference_reports_ratios(tiny_model_folder):

@@ -1,4 +1,4 @@
-"""`python -m skinlesion.data describe|split`, called in-process (and once as a real subprocess)."""
+"""`skinlesion data describe|split`, called in-process (and once through `python -m skinlesion`)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from data_factory import make_ham10000, make_imagefolder
 
-from skinlesion.cli.data import main
+from skinlesion.cli.main import main
 
 
 def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
+    code = main(["data", *(str(a) for a in argv)])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -107,10 +107,10 @@ def test_hub_id_offline_exits_2(capsys, monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_module_entry_point_exit_code(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
-    # `python -m skinlesion.data` without a new interpreter (which would spend ~10 s importing torch).
-    monkeypatch.setattr(sys, "argv", ["python -m skinlesion.data", "describe", str(tmp_path / "missing")])
-    monkeypatch.delitem(sys.modules, "skinlesion.data.__main__", raising=False)  # run it fresh, as python -m does
+    # `python -m skinlesion data` without a new interpreter (which would spend ~10 s importing torch).
+    monkeypatch.setattr(sys, "argv", ["python -m skinlesion", "data", "describe", str(tmp_path / "missing")])
+    monkeypatch.delitem(sys.modules, "skinlesion.__main__", raising=False)  # run it fresh, as python -m does
     with pytest.raises(SystemExit) as exit_info:
-        runpy.run_module("skinlesion.data", run_name="__main__", alter_sys=True)
+        runpy.run_module("skinlesion", run_name="__main__", alter_sys=True)
     assert exit_info.value.code == 2
     assert "missing: no such file or folder" in capsys.readouterr().err

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from skinlesion.cli.data import main
+from skinlesion.cli.main import main
 from skinlesion.data import lesion_grouped_split, load_table, read_duplicate_pairs
 
 pytestmark = pytest.mark.realdata
@@ -17,7 +17,7 @@ HAM_CLASSES = {"akiec": 327, "bcc": 514, "bkl": 1099, "df": 115, "mel": 1113, "n
 
 
 def describe(capsys, *argv: str) -> dict:
-    assert main(["describe", *argv]) == 0
+    assert main(["data", "describe", *argv]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -65,7 +65,7 @@ def test_ham10000_split_keeps_lesions_and_duplicates_together(shared_data: Path)
 
 def test_cli_split_on_ham10000(shared_data: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "manifest.csv"
-    assert main(["split", str(shared_data / "HAM10000"), "--val", "0.1", "--test", "0.1", "--seed", "0",
+    assert main(["data", "split", str(shared_data / "HAM10000"), "--val", "0.1", "--test", "0.1", "--seed", "0",
                  "--out", str(out)]) == 0
     manifest = pd.read_csv(out, dtype=str)
     meta = pd.read_csv(shared_data / "HAM10000" / "HAM10000_metadata.csv", dtype=str)

@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import synthetic_lesion
 
+from skinlesion.cli.main import main
 from skinlesion.data.transforms import Preprocessing
 from skinlesion.inference import onnx_export as export
 from skinlesion.inference.predictor import Predictor
@@ -38,7 +39,7 @@ def exported(tmp_path_factory) -> tuple[Path, dict]:
     folder = save_tiny(tmp_path_factory.mktemp("onnx") / "tiny", seed=0)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert export.main(["onnx", "--model", str(folder)]) == 0
+        assert main(["export", "onnx", "--model", str(folder)]) == 0
     return folder, json.loads(out.getvalue())
 
 

@@ -87,25 +87,25 @@ def test_evaluation_path_matches_the_library(folders):
 
 
 def test_predict_cli_matches_the_library(folders, tmp_path):
-    from skinlesion.inference import predict_folder as predict
+    from skinlesion.cli.main import main
 
     half, _, images = folders
     out = tmp_path / "preds.csv"
     with contextlib.redirect_stdout(io.StringIO()):
-        predict.main(["--model", str(half), "--images", str(images), "--out", str(out), "--no-onnx", "--workers", "1"])
+        main(["predict", "--model", str(half), "--images", str(images), "--out", str(out), "--no-onnx", "--workers", "1"])
     rows = {r["path"]: r for r in csv.DictReader(out.open())}
     got = torch.tensor([[float(rows[str(p.relative_to(images))][f"prob_{c}"]) for c in LABELS] for p in _paths(images)])
     torch.testing.assert_close(got, _library(half, images, use_onnx=False), atol=1e-5, rtol=0)
 
 
 def test_onnx_matches_the_library(folders, tmp_path):
-    from skinlesion.inference import onnx_export as export
+    from skinlesion.cli.main import main
 
     half, _, images = folders
     onnx_folder = tmp_path / "half_onnx"
     shutil.copytree(half, onnx_folder)
     with contextlib.redirect_stdout(io.StringIO()):
-        assert export.main(["onnx", "--model", str(onnx_folder)]) == 0
+        assert main(["export", "onnx", "--model", str(onnx_folder)]) == 0
     torch.testing.assert_close(_library(onnx_folder, images, use_onnx=True), _library(half, images, use_onnx=False),
                                atol=1e-4, rtol=0)
 

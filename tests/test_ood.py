@@ -227,7 +227,7 @@ def test_new_preprocessing_drops_the_feature_extras(fitted_copy):
 # -- every path: CLI, ONNX ---------------------------------------------------------------------------------
 
 def test_predict_cli_writes_the_flag_and_method(fitted, tmp_path):
-    from skinlesion.inference.predict_folder import main
+    from skinlesion.cli.main import main
 
     images = tmp_path / "images"
     images.mkdir()
@@ -235,7 +235,7 @@ def test_predict_cli_writes_the_flag_and_method(fitted, tmp_path):
     non_lesion_images()["colour noise"].save(images / "noise.png")
     out = tmp_path / "pred.csv"
     with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["--model", str(fitted.folder), "--images", str(images), "--out", str(out), "--no-progress"]) == 0
+        assert main(["predict", "--model", str(fitted.folder), "--images", str(images), "--out", str(out), "--no-progress"]) == 0
     import csv
 
     rows = {r["path"]: r for r in csv.DictReader(out.open())}

@@ -1,4 +1,4 @@
-"""`python -m skinlesion.publish`: what a Space receives, dry runs without network, fast failures offline.
+"""`skinlesion publish`: what a Space receives, dry runs without network, fast failures offline.
 
 No test talks to the Hub: the uploads are checked against a recording stand-in for HfApi, and the
 file selection against huggingface_hub's own folder filter.
@@ -14,6 +14,7 @@ import huggingface_hub
 import pytest
 
 from skinlesion import publish
+from skinlesion.cli.main import main
 from skinlesion.hub import HubUnavailableError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +119,7 @@ def test_space_files_refuse_a_folder_that_is_not_the_app(fake_repo: Path):
 
 
 def test_dry_run_lists_this_repository_with_sizes_and_no_network(no_network, capsys: pytest.CaptureFixture):
-    assert publish.main(["space", "me/skin-demo", "--model-id", "me/skin-model@v1", "--dry-run"]) == 0
+    assert main(["publish", "space", "me/skin-demo", "--model-id", "me/skin-model@v1", "--dry-run"]) == 0
     out = capsys.readouterr().out
     listed = {}
     for line in out.splitlines():
@@ -126,7 +127,7 @@ def test_dry_run_lists_this_repository_with_sizes_and_no_network(no_network, cap
         if len(parts) == 2 and parts[0].replace(",", "").isdigit():
             listed[parts[1]] = int(parts[0].replace(",", ""))
     for needed in ("app.py", "requirements.txt", "README.md", "src/skinlesion/__init__.py",
-                   "src/skinlesion/app_logic.py", "weights/model.safetensors", "weights/config.json"):
+                   "src/skinlesion/app/callbacks.py", "weights/model.safetensors", "weights/config.json"):
         assert listed.get(needed) == (REPO_ROOT / needed).stat().st_size, needed
     assert not [p for p in listed if p.startswith(("tests/", ".venv/", "runs/", ".git/", "data/"))]
     assert not [p for p in listed if p.endswith(".pyc") or "egg-info" in p]
@@ -141,19 +142,19 @@ def test_model_dry_run_lists_the_folder_without_checkpoints(tmp_path: Path, no_n
     folder = tmp_path / "run"
     for name in ("model.safetensors", "config.json", "README.md", "checkpoints/last.pt", ".model.x.safetensors"):
         write(folder / name)
-    assert publish.main(["model", str(folder), "me/skin-model", "--dry-run"]) == 0
+    assert main(["publish", "model", str(folder), "me/skin-model", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "model.safetensors" in out and "config.json" in out and "README.md" in out
     assert "checkpoints" not in out and ".model.x" not in out
 
     (folder / "model.safetensors").unlink()
-    assert publish.main(["model", str(folder), "me/skin-model", "--dry-run"]) == 1
+    assert main(["publish", "model", str(folder), "me/skin-model", "--dry-run"]) == 1
     assert "missing ['model.safetensors']" in capsys.readouterr().err
 
 
 def test_bad_model_id_is_refused_before_anything_else(no_network, capsys: pytest.CaptureFixture):
     for bad in ("just-a-name", "me/model@", "./weights", "a/b/c"):
-        assert publish.main(["space", "me/skin-demo", "--model-id", bad, "--dry-run"]) == 1, bad
+        assert main(["publish", "space", "me/skin-demo", "--model-id", bad, "--dry-run"]) == 1, bad
         assert "OWNER/NAME" in capsys.readouterr().err, bad
     assert publish.parse_model_id("me/model@v1.2") == ("me/model", "v1.2")
     assert publish.parse_model_id("me/model") == ("me/model", None)
@@ -161,11 +162,13 @@ def test_bad_model_id_is_refused_before_anything_else(no_network, capsys: pytest
 
 def test_help_shows_an_example(capsys: pytest.CaptureFixture):
     with pytest.raises(SystemExit) as info:
-        publish.main(["space", "--help"])
+        main(["publish", "space", "--help"])
     assert info.value.code == 0
     help_text = capsys.readouterr().out
-    assert "python -m skinlesion.publish space" in help_text and "--dry-run" in help_text
-    assert "python -m skinlesion.publish space OWNER/NAME --dry-run" in publish.build_parser().format_help()
+    assert "skinlesion publish space me/skin-lesion-demo --dry-run" in help_text
+    with pytest.raises(SystemExit):
+        main(["publish", "--help"])
+    assert "skinlesion publish space OWNER/NAME --dry-run" in capsys.readouterr().out
 
 
 # -- fast, named failures -----------------------------------------------------------------------------
@@ -176,7 +179,7 @@ def _deploy_fails(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
     for method in ("create_repo", "upload_folder", "add_space_variable", "model_info"):
         monkeypatch.setattr(huggingface_hub.HfApi, method, must_not_run)
     start = time.perf_counter()
-    code = publish.main(["space", "me/skin-demo", "--model-id", "me/skin-model"])
+    code = main(["publish", "space", "me/skin-demo", "--model-id", "me/skin-model"])
     elapsed = time.perf_counter() - start
     assert code == 1
     return capsys.readouterr().err, elapsed

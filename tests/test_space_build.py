@@ -61,13 +61,13 @@ def test_app_py_finds_the_package_in_src_when_it_is_not_installed(tmp_path: Path
         sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != hidden]
         assert importlib.util.find_spec("skinlesion") is None, "skinlesion is still importable"
         runpy.run_path(sys.argv[2])  # not __main__: defines build_demo & co. without starting a server
-        import skinlesion.app_logic
-        print(skinlesion.app_logic.__file__)
+        import skinlesion.app.callbacks
+        print(skinlesion.app.callbacks.__file__)
     """)
     result = subprocess.run([sys.executable, "-c", probe, str(REPO_ROOT / "src"), str(app_dir / "app.py")],
                             cwd=tmp_path, env=space_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert Path(result.stdout.strip().splitlines()[-1]) == app_dir / "src" / "skinlesion" / "app_logic.py"
+    assert Path(result.stdout.strip().splitlines()[-1]) == app_dir / "src" / "skinlesion" / "app" / "callbacks.py"
 
 
 @pytest.mark.slow
@@ -135,7 +135,7 @@ def test_space_builds_from_requirements_alone_and_answers_predict(tmp_path: Path
         shutil.rmtree(venv, ignore_errors=True)  # ~5.5 GB: not kept among pytest's last three tmp dirs
 
 
-# -- the Space measurement (python -m skinlesion.bench app --space) -----------------------------------
+# -- the Space measurement (skinlesion bench app --space) -----------------------------------
 def test_process_memory_reads_this_process_and_refuses_a_missing_one():
     from skinlesion.bench.app import process_memory_mb
 

@@ -1,4 +1,4 @@
-"""`python -m skinlesion.bench_train`: both throughputs come from train()'s own code, and the JSON is complete."""
+"""`skinlesion bench train`: both throughputs come from train()'s own code, and the JSON is complete."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import pytest
 
 from skinlesion.bench import train as bench_train
+from skinlesion.cli.main import main
 from skinlesion.training import loop as training
 
 
@@ -24,8 +25,8 @@ def test_bench_runs_train_step_for_both_measurements_and_prints_json(monkeypatch
 
     monkeypatch.setattr(bench_train, "train_step", counting_step)
     monkeypatch.setattr(bench_train, "build_datasets", counting_datasets)
-    assert bench_train.main(["--model", "lesion_cnn", "--image-size", "32", "--batch-size", "8", "--steps", "2",
-                             "--warmup", "1", "--images", "48", "--workers", "0"]) == 0
+    assert main(["bench", "train", "--model", "lesion_cnn", "--image-size", "32", "--batch-size", "8",
+                 "--steps", "2", "--warmup", "1", "--images", "48", "--workers", "0"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert calls == {"train_step": 3 * 2 + 2 * 1, "build_datasets": 1}  # bare, loop, bare + 2 warm-ups
     assert result["model"] == "lesion_cnn" and result["image_size"] == 32 and result["batch_size"] == 8

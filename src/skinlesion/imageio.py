@@ -33,6 +33,13 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+def find_images(root: Path) -> list[Path]:
+    """Every image file under `root` (recursively), sorted; FileNotFoundError when it is not a folder."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a folder of images")
+    return sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
+
+
 def _describe(source: Any) -> str:
     if isinstance(source, (str, os.PathLike)):
         return str(source)

@@ -1,8 +1,8 @@
 """Publishing to the Hugging Face Hub: a model folder (training's `--push-to-hub`) and the app as a Space.
 
-    python -m skinlesion.publish space OWNER/NAME --dry-run                  # what would be uploaded
-    python -m skinlesion.publish space OWNER/NAME --model-id OWNER/MODEL@v1  # deploy; the Space serves that model
-    python -m skinlesion.publish model runs/r18 OWNER/MODEL                  # push a model folder
+    skinlesion publish space OWNER/NAME --dry-run                  # what would be uploaded
+    skinlesion publish space OWNER/NAME --model-id OWNER/MODEL@v1  # deploy; the Space serves that model
+    skinlesion publish model runs/r18 OWNER/MODEL                  # push a model folder
 
 Every command checks first, in seconds and without uploading anything, that a push can succeed
 (repo id form, HF_HUB_OFFLINE, a token, the Hub reachable). A Space receives exactly the files
@@ -12,9 +12,7 @@ there that are no longer in that list are deleted in the same commit.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +92,7 @@ def check_can_push(repo_id: str, *, what: str | None = None) -> None:
 def parse_model_id(model_id: str) -> tuple[str, str | None]:
     """'owner/name@rev' -> ('owner/name', 'rev'); anything that is not a Hub model id is a PublishError.
 
-    Same form as the app's MODEL_ID (`app_logic.parse_model_spec`), but never a local path: a folder on
+    Same form as the app's MODEL_ID (`app.registry.parse_model_spec`), but never a local path: a folder on
     this machine does not exist in the Space.
     """
     head, at, revision = model_id.strip().rpartition("@")
@@ -127,7 +125,7 @@ def check_model_on_hub(model_id: str) -> bool:
     missing = [name for name in MODEL_REQUIRED_FILES if name not in files]
     if missing:
         raise PublishError(f"--model-id {model_id}: not a skinlesion model folder (missing {missing}); push one "
-                           "with `python -m skinlesion.publish model FOLDER REPO_ID` or `train.py --push-to-hub`")
+                           "with `skinlesion publish model FOLDER REPO_ID` or `train.py --push-to-hub`")
     return bool(info.private)
 
 
@@ -218,85 +216,3 @@ def deploy_space(repo_id: str, *, model_id: str | None = None, private: bool = F
         api.add_space_variable(repo_id, MODEL_ID_ENV, model_id,
                                description="Hub model the app serves (OWNER/NAME[@REVISION])")
     return f"{HUB_URL}/spaces/{repo_id}"
-
-
-# -- command line -----------------------------------------------------------------------------------
-def _space(args: argparse.Namespace) -> None:
-    if args.model_id is not None:
-        parse_model_id(args.model_id)  # its form, before anything else (even a dry run)
-    if args.dry_run:
-        print(f"Space {args.repo_id} would receive, from {args.root}:")
-        print(format_listing(space_files(args.root)))
-        if args.model_id is not None:
-            print(f"and the Space variable MODEL_ID={args.model_id}")
-        return
-    print(deploy_space(args.repo_id, model_id=args.model_id, private=args.private, root=args.root))
-
-
-def _model(args: argparse.Namespace) -> None:
-    files = model_files(args.folder)
-    if args.dry_run:
-        print(f"Model repo {args.repo_id} would receive, from {args.folder}:")
-        print(format_listing(files))
-        return
-    check_can_push(args.repo_id, what=f"publish model {args.repo_id}")
-    print(push_folder(args.folder, args.repo_id, private=args.private, message=args.message))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m skinlesion.publish", description=__doc__.split("\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n"
-               "  python -m skinlesion.publish space OWNER/NAME --dry-run\n"
-               "  python -m skinlesion.publish space OWNER/NAME --model-id OWNER/MODEL@v1\n"
-               "  python -m skinlesion.publish model runs/r18 OWNER/MODEL\n"
-               "A token comes from HF_TOKEN or `hf auth login`.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{space,model}")
-
-    space = commands.add_parser(
-        "space", help="deploy the app as a Gradio Space", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Create or update a Gradio Space with app.py, requirements.txt, README.md (its front "
-                    "matter is the Space config), pyproject.toml, src/, weights/ and examples/; nothing else.",
-        epilog="example:\n  python -m skinlesion.publish space me/skin-lesion-demo --model-id me/skinlesion-r18@v1")
-    space.add_argument("repo_id", metavar="OWNER/NAME", help="the Space")
-    space.add_argument("--model-id", default=None, metavar="OWNER/MODEL[@REV]",
-                       help="set the Space variable MODEL_ID: the app serves this Hub model (a revision pins it) "
-                            "and falls back to weights/ when it cannot load it. Without it an existing MODEL_ID "
-                            "is left unchanged")
-    space.add_argument("--private", action=argparse.BooleanOptionalAction, default=False,
-                       help="create the Space private (an existing Space keeps its visibility)")
-    space.add_argument("--dry-run", action=argparse.BooleanOptionalAction, default=False,
-                       help="print each file and its size, and the total; no network")
-    space.add_argument("--root", type=Path, default=REPO_ROOT, help="the repository to deploy (default: %(default)s)")
-    space.set_defaults(run=_space)
-
-    model = commands.add_parser(
-        "model", help="push a model folder to a Hub model repo (as train.py --push-to-hub does)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  python -m skinlesion.publish model runs/r18 me/skinlesion-r18")
-    model.add_argument("folder", type=Path, metavar="FOLDER", help="model folder (config.json + model.safetensors)")
-    model.add_argument("repo_id", metavar="OWNER/NAME", help="the model repo")
-    model.add_argument("--private", action=argparse.BooleanOptionalAction, default=False,
-                       help="create the repo private (an existing repo keeps its visibility)")
-    model.add_argument("--message", default=None, help="commit message")
-    model.add_argument("--dry-run", action=argparse.BooleanOptionalAction, default=False,
-                       help="print each file and its size, and the total; no network")
-    model.set_defaults(run=_model)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        args.run(args)
-    except (PublishError, HubUnavailableError, ValueError) as err:
-        # Expected problems a user fixes (offline, no token, missing files, a bad id): the message, no traceback.
-        print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

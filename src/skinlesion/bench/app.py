@@ -27,7 +27,6 @@ start (process start to the first answered /predict) and the app process's resid
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -319,49 +318,3 @@ def run_space(cfg: SpaceBenchConfig) -> dict[str, Any]:
         "goals": SPACE_GOALS,
         "within_goals": cold_start <= SPACE_GOALS["cold_start_s"] and rss_ok,
     }
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m skinlesion.bench_app", description=__doc__.split("\n")[0])
-    default = BenchConfig(model="")
-    parser.add_argument("--space", action=argparse.BooleanOptionalAction, default=False,
-                        help="measure as a Space runs the app (`python app.py`, no arguments, torch's default "
-                             "threads): cold start and resident memory after --requests /predict calls")
-    parser.add_argument("--model", default=None,
-                        help="model folder or Hub id (default: weights/); with --space, the MODEL_ID variable")
-    parser.add_argument("--requests", type=int, default=None,
-                        help=f"timed requests per side (default {default.requests}); with --space, requests "
-                             f"before memory is read (default {SpaceBenchConfig.requests})")
-    parser.add_argument("--warmup", type=int, default=default.warmup, help="untimed requests per side")
-    parser.add_argument("--size", type=int, nargs=2, default=(default.width, default.height), metavar=("W", "H"),
-                        help="synthetic image size")
-    parser.add_argument("--method", default=default.method, help="CAM method")
-    parser.add_argument("--startup-timeout", type=float, default=default.startup_timeout)
-    parser.add_argument("--settle", type=float, default=default.settle_s, help="pause (s) before each timed call")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads in the app and here")
-    parser.add_argument("--seed", type=int, default=default.seed)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.requests is not None and args.requests < 1:
-        raise SystemExit("--requests must be at least 1")
-    if args.space:
-        if args.threads is not None:
-            raise SystemExit("--threads does not apply to --space: a Space runs with torch's default threads")
-        space = SpaceBenchConfig(method=args.method, requests=SpaceBenchConfig.requests if args.requests is None else args.requests,
-                                 width=args.size[0], height=args.size[1], model_id=args.model,
-                                 startup_timeout=args.startup_timeout, seed=args.seed)
-        print(json.dumps(run_space(space), indent=2))
-        return 0
-    cfg = BenchConfig(model=args.model or str(REPO_ROOT / "weights"),
-                      requests=BenchConfig.requests if args.requests is None else args.requests, warmup=args.warmup,
-                      width=args.size[0], height=args.size[1], method=args.method,
-                      startup_timeout=args.startup_timeout, settle_s=args.settle, threads=args.threads, seed=args.seed)
-    print(json.dumps(run(cfg), indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

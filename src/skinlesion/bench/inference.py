@@ -16,11 +16,8 @@ Absolute times are printed for context only; compare ratios.
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -173,32 +170,3 @@ def folder_prediction(model: str, n_images: int, *, batch_size: int, tta: str) -
         seconds = _seconds(lambda: predict_folder(cfg))
     return {"folder_images": n_images, "folder_seconds": round(seconds, 3),
             "folder_images_per_s": round(n_images / seconds, 2)}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m skinlesion.bench inference",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="model folder or Hub id")
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--tta", default=None, choices=sorted(tta_views.TTA_MODES),
-                        help="default: the model folder's mode")
-    parser.add_argument("--method", default="gradcam", choices=sorted(cam.CAM_METHODS))
-    parser.add_argument("--folder-images", type=int, default=32, help="0 skips the folder benchmark")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's choice); 1 is steadier on a busy machine")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    report = run(args.model, args.repeats, tta=args.tta, method=args.method, folder_images=args.folder_images,
-                 batch_size=args.batch_size)
-    print(json.dumps(report, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,10 +13,7 @@ the cache keeps are written to a temporary folder. Prints JSON.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -153,30 +150,3 @@ def run(model: str, image_size: int, *, batch_size: int = 64, steps: int = 20, w
             # cpu_ratio = bare CPU / loop CPU is the share of the loop's CPU spent in the step itself.
             "loop_images_per_cpu_s": round(images / loop_cpu, 2), "bare_images_per_cpu_s": round(images / bare_cpu, 2),
             "cpu_ratio": round(bare_cpu / loop_cpu, 3)}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Training throughput: real loop vs bare step (JSON).")
-    p.add_argument("--model", required=True)
-    p.add_argument("--image-size", type=int, required=True)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=20, help="timed steps of each kind (after --warmup)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps of each kind first")
-    p.add_argument("--data", default=None, help="a dataset folder; default: synthetic images")
-    p.add_argument("--images", type=int, default=512, help="synthetic images to write (without --data)")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: TrainConfig's)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    result = run(args.model, args.image_size, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
-                 data=args.data, workers=args.workers, channels_last=args.channels_last,
-                 n_images=args.images)
-    print(json.dumps(result, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

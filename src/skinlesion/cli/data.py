@@ -1,4 +1,10 @@
-"""`python -m skinlesion.data describe PATH` and `python -m skinlesion.data split PATH ... --out CSV`."""
+"""`skinlesion data describe|split`: what a dataset holds, and a lesion-grouped split manifest.
+
+Any layout is read (HAM10000, ISIC 2017/2018/2019, PH2, one folder per class, a saved or Hub Hugging
+Face dataset), auto-detected unless --layout says. `split` keeps every image of a lesion (and the
+published duplicate pairs) in one split, stratified by class, and writes the `image_id,split` manifest
+that training and evaluation both read.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from ..data.splits import lesion_grouped_split, merge_groups, read_duplicate_pai
 from ..data.table import DataError
 from ..hub import HubUnavailableError
 from ..taxonomy import parse_label_map
+from .common import add_command, command_parser
 
 DUPLICATES_FILE = "duplicate_lesion_pairs.csv"
 
@@ -32,22 +39,30 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hf-split", default=None, help="split of a Hugging Face DatasetDict (default: train)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m skinlesion.data", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("describe", help="print layout, counts and problems as JSON")
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    description = __doc__.split("\n", 2)[2]
+    parser = command_parser(prog, description, [
+        f"{prog} describe ../shared/data/HAM10000",
+        f"{prog} split ../shared/data/HAM10000 --val 0.1 --test 0.1 --seed 0 --out manifest.csv"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{describe,split}")
+    d = add_command(sub, "describe", "print layout, counts, lesion groups and problems as JSON", description,
+                    [f"{prog} describe ../shared/data/HAM10000",
+                     f"{prog} describe ../shared/data/PH2 --layout ph2 --label-map common_nevus=nv,melanoma=mel"])
     _add_source_args(d)
     d.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                    help="decode every image to find corrupt files")
-    s = sub.add_parser("split", help="write a lesion-grouped stratified split manifest (image_id,split)")
+    s = add_command(sub, "split", "write a lesion-grouped stratified split manifest (image_id,split)", description,
+                    [f"{prog} split ../shared/data/HAM10000 --val 0.1 --test 0.1 --seed 0 --out manifest.csv"])
     _add_source_args(s)
     s.add_argument("--val", type=float, default=0.1)
     s.add_argument("--test", type=float, default=0.1)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="manifest CSV to write")
     s.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=False)
-    args = parser.parse_args(argv)
+    return parser
 
+
+def run(args: argparse.Namespace) -> int:
     try:
         label_map = parse_label_map(args.label_map)
         if args.command == "describe":
@@ -78,6 +93,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

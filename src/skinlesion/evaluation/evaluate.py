@@ -193,7 +193,7 @@ def folder_features(predictor, folder: str | Path, *, batch_size: int = 32) -> t
 
     The Predictor's own decoding and preprocessing, as for an upload; an unreadable file raises naming it.
     """
-    from ..inference.predict_folder import find_images
+    from ..imageio import find_images
 
     paths = find_images(Path(folder))
     if not paths:

@@ -1,26 +1,22 @@
-"""`python -m skinlesion.explain --model M --image A.jpg [B.jpg ...] --out DIR`: CAM overlays + predictions.
+"""CAM overlays and predictions for image files (`skinlesion explain`, whose help says what it writes).
 
-With one model, each image gets `<stem>_<method>.png` (the overlay at the image's resolution).
-With `--models M1 M2 ...`, each image gets `<stem>_compare_<method>.png`: the original and every
-model's overlay side by side, each titled with the model and its prediction. Either way
-`predictions.json` lists one entry per (image, model) with the prediction and the files written.
+`run(ExplainConfig)` decodes every image first (a bad file fails before any model loads), then writes
+one overlay per (image, model), or with several models one side-by-side sheet per image, and
+`predictions.json`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from ..imageio import ImageLoadError, load_rgb
+from ..imageio import load_rgb
 from .overlay import side_by_side
 from .predictor import Explanation, Predictor
-from .tta import TTA_MODES
 
 PREDICTIONS_FILE = "predictions.json"
 
@@ -88,40 +84,3 @@ def run(cfg: ExplainConfig) -> list[dict]:
                 entry["comparison"] = str(compare_path)
     (cfg.out / PREDICTIONS_FILE).write_text(json.dumps(entries, indent=2) + "\n")
     return entries
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from .cam import CAM_METHODS
-
-    parser = argparse.ArgumentParser(prog="python -m skinlesion.explain", description=__doc__.split("\n")[0])
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model", help="model folder or Hub id")
-    which.add_argument("--models", nargs="+", help="several models: one side-by-side comparison per image")
-    parser.add_argument("--image", nargs="+", required=True, type=Path, help="image file(s)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--method", default="gradcam", choices=sorted(CAM_METHODS))
-    parser.add_argument("--target", default=None, help="label to explain (default: the predicted one)")
-    parser.add_argument("--tta", choices=sorted(TTA_MODES), default=None, help="default: each model folder's mode")
-    parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1]")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    cfg = ExplainConfig(models=tuple(args.models or [args.model]), images=tuple(args.image), out=args.out,
-                        method=args.method, target=args.target, tta=args.tta, alpha=args.alpha)
-    try:
-        entries = run(cfg)
-    except ImageLoadError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    for entry in entries:
-        pred = entry["prediction"]
-        print(f"{entry['image']}  [{model_title(entry['model'])}]  {pred['label']} {pred['confidence']:.3f}"
-              f"{'  (uncertain)' if pred['uncertain'] else ''}")
-    print(f"wrote {cfg.out / PREDICTIONS_FILE}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""`python -m skinlesion.export onnx --model FOLDER`: write model.onnx next to the weights.
+"""model.onnx next to the weights (`skinlesion export onnx --model FOLDER`).
 
 The graph has a dynamic batch axis (TTA views and images share it) and two outputs: `logits` and
 `features`, the penultimate-layer features (`features.py`) that the out-of-distribution check and the
@@ -10,10 +10,7 @@ It is verified against PyTorch with onnxruntime before it replaces any existing 
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,24 +113,3 @@ def verify_onnx(model: torch.nn.Module, onnx_path: Path, weights_path: Path, *, 
         same_top1=bool(torch.equal(onnx_logits.argmax(-1), eager.argmax(-1))),
         max_rel_feature_diff=feature_diff,
     )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m skinlesion.export", description=__doc__.split("\n")[0])
-    formats = parser.add_subparsers(dest="format", required=True)
-    onnx = formats.add_parser("onnx", help="write model.onnx into the model folder")
-    onnx.add_argument("--model", required=True, help="local model folder")
-    onnx.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (17 or newer)")
-    onnx.add_argument("--atol", type=float, default=1e-4, help="largest allowed probability difference")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    report = export_onnx(args.model, opset=args.opset, atol_probs=args.atol)
-    print(json.dumps(report.__dict__, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""`python -m skinlesion.predict --model M --images DIR --out predictions.csv`: predict a folder.
+"""Predict a folder of images into a CSV (`skinlesion predict`).
 
 Images are found recursively, decoded in a small thread pool (PIL releases the GIL) and predicted in
 batches. An unreadable file stops the run with its name, unless `--skip-bad`: then it still gets a
@@ -7,10 +7,7 @@ row, with its reason in the `error` column and empty prediction columns, so noth
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
-import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,9 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ..imageio import ImageLoadError, is_image_file
+from ..imageio import ImageLoadError, find_images
 from .predictor import Prediction, Predictor
-from .tta import TTA_MODES
 
 
 @dataclass(frozen=True)
@@ -37,12 +33,6 @@ class PredictConfig:
     use_onnx: bool | None = None    # None: model.onnx when present
 
 
-def find_images(root: Path) -> list[Path]:
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: not a folder of images")
-    return sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
-
-
 def csv_columns(label_names: Sequence[str]) -> list[str]:
     return ["path", "label", "label_name", "confidence", "malignant_prob", "agreement", "uncertain",
             "ood_score", "out_of_distribution", *[f"prob_{n}" for n in label_names],
@@ -54,7 +44,7 @@ def prediction_row(path: str, pred: Prediction) -> dict:
            "malignant_prob": "" if pred.malignant_prob is None else f"{pred.malignant_prob:.6f}",
            "agreement": f"{pred.agreement:.4f}", "uncertain": pred.uncertain, "ood_score": f"{pred.ood_score:.6f}",
            "out_of_distribution": pred.out_of_distribution, "error": "",
-           # Empty when the model folder has no OOD statistics / case index (`skinlesion.fit_features`).
+           # Empty when the model folder has no OOD statistics / case index (`skinlesion fit-features`).
            "ood_method": pred.ood_method or "",
            "ood_threshold": "" if pred.ood_threshold is None else f"{pred.ood_threshold:.6f}",
            "nearest_cases": " ".join(f"{c['image_id']}:{c['label']}:{c['similarity']:.3f}"
@@ -116,40 +106,3 @@ def run(cfg: PredictConfig) -> dict:
         tmp.unlink(missing_ok=True)
     return {"images": len(paths), "predicted": len(paths) - n_bad, "unreadable": n_bad, "out": str(cfg.out),
             "tta": predictor.tta, "backend": predictor.backend}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m skinlesion.predict", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="model folder or Hub id (owner/name)")
-    parser.add_argument("--revision", default=None, help="Hub revision (commit, tag or branch) to pin")
-    parser.add_argument("--images", required=True, type=Path, help="folder of images (searched recursively)")
-    parser.add_argument("--out", required=True, type=Path, help="CSV file to write")
-    parser.add_argument("--tta", choices=sorted(TTA_MODES), default=None, help="default: the model folder's mode")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2, help="image decoding threads")
-    parser.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=False,
-                        help="record unreadable files in the 'error' column instead of stopping")
-    parser.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
-                        help="force (--onnx) or forbid (--no-onnx) model.onnx; default: use it when present")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise SystemExit("--batch-size must be at least 1")
-    cfg = PredictConfig(model=args.model, images=args.images, out=args.out, tta=args.tta, batch_size=args.batch_size,
-                        skip_bad=args.skip_bad, workers=args.workers, progress=args.progress, revision=args.revision,
-                        use_onnx=args.onnx)
-    try:
-        summary = run(cfg)
-    except ImageLoadError as err:
-        print(f"error: {err}\n(re-run with --skip-bad to record unreadable files and continue)", file=sys.stderr)
-        return 1
-    print(json.dumps(summary, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

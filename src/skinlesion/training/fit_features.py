@@ -1,4 +1,4 @@
-"""`python -m skinlesion.fit_features --model FOLDER --data DATA`: after training, fit what the features serve.
+"""After training, fit what the features serve (`skinlesion fit-features --model FOLDER --data DATA`).
 
 One pass over the TRAINING split's penultimate-layer features (identity view, one forward with the
 logits, `features.py`) serves both:
@@ -15,12 +15,8 @@ Both files record the sha256 of the weights, so they are refused after retrainin
 
 from __future__ import annotations
 
-import argparse
-import json
-import shlex
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +25,10 @@ import torch
 
 from ..constants import MANIFEST_FILE, MODEL_WEIGHTS_FILE
 from ..data import DataError, LesionTable, load_table, read_manifest, select_split
-from ..data.layouts import LAYOUTS, find_ham_csv
+from ..data.layouts import find_ham_csv
 from ..data.splits import manifest_hash
-from ..hub import HubUnavailableError
-from ..imageio import ImageLoadError
 from ..inference import cases, ood
 from ..models.folder import ModelFolderError, update_extras
-from ..taxonomy import parse_label_map
 
 
 @dataclass(frozen=True)
@@ -184,58 +177,3 @@ def run(cfg: FitFeaturesConfig) -> dict:
         summary["saved_features"] = str(out)
     summary["elapsed_seconds"] = round(time.perf_counter() - started, 1)
     return summary
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m skinlesion.fit_features", description=__doc__.split("\n")[0],
-                                     epilog="Example: python -m skinlesion.fit_features --model weights "
-                                            "--data ../shared/data/HAM10000")
-    parser.add_argument("--model", required=True, help="local model folder (the files are written into it)")
-    g = parser.add_argument_group("data")
-    g.add_argument("--data", required=True, help="the training data set the model folder was trained on")
-    g.add_argument("--manifest", default=None, help="split manifest (default: the folder's split_manifest.csv)")
-    g.add_argument("--layout", choices=LAYOUTS, default=None, help="override the auto-detected layout")
-    g.add_argument("--label-map", default=None, metavar="SRC=DST,...", help="map data labels onto model labels")
-    g.add_argument("--limit", type=int, default=0, help="at most N images per split (seeded; 0 = all): trial runs")
-    g.add_argument("--seed", type=int, default=0)
-    g = parser.add_argument_group("out-of-distribution detector")
-    g.add_argument("--ood", action=argparse.BooleanOptionalAction, default=True, help="fit the OOD detector")
-    g.add_argument("--ood-method", choices=ood.METHODS, default=ood.DEFAULT_METHOD)
-    g.add_argument("--ood-quantile", type=float, default=ood.DEFAULT_QUANTILE,
-                   help="share of VALIDATION images below the threshold (the expected false-flag rate)")
-    g.add_argument("--knn-k", type=int, default=ood.DEFAULT_KNN_K, help="k of --ood-method knn / mahalanobis+knn")
-    g = parser.add_argument_group("similar-cases index")
-    g.add_argument("--index", action=argparse.BooleanOptionalAction, default=True, help="build the case index")
-    g.add_argument("--index-dims", type=int, default=cases.DEFAULT_DIMS, help="PCA dimensions of the index")
-    g = parser.add_argument_group("run")
-    g.add_argument("--batch-size", type=int, default=64)
-    g.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding images")
-    g.add_argument("--save-features", default=None, metavar="NPZ", help="also save the train features (no pixels)")
-    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
-    return parser
-
-
-def config_from_args(args: argparse.Namespace, argv: list[str] | None = None) -> FitFeaturesConfig:
-    return FitFeaturesConfig(model=args.model, data=args.data, manifest=args.manifest, layout=args.layout,
-                             label_map=parse_label_map(args.label_map), fit_ood=args.ood, ood_method=args.ood_method,
-                             ood_quantile=args.ood_quantile, knn_k=args.knn_k, build_index=args.index,
-                             index_dims=args.index_dims, batch_size=args.batch_size, workers=args.workers,
-                             limit=args.limit, seed=args.seed, save_features=args.save_features,
-                             progress=args.progress,
-                             command=" ".join(["python -m skinlesion.fit_features",
-                                               *map(shlex.quote, sys.argv[1:] if argv is None else argv)]))
-
-
-def main(argv: list[str] | None = None) -> int:
-    cfg = config_from_args(build_parser().parse_args(argv), argv)
-    try:
-        summary = run(cfg)
-    except (DataError, ModelFolderError, HubUnavailableError, ImageLoadError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps({"config": asdict(cfg), **summary}, indent=2, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
