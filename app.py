@@ -3,7 +3,7 @@
     python app.py                                  # the shipped model in weights/
     python app.py --model runs/x/model --model owner/repo@v1.0 --examples ~/derm_examples
 
-Layout, event wiring and flags only: what the callbacks do lives in `skinlesion.app_logic`.
+Layout, event wiring and flags only: what the callbacks do lives in `skinlesion.app`.
 API (gradio_client): `/predict` (image only is enough) and `/compare` (several models' CAMs).
 """
 
@@ -27,7 +27,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 
 import gradio as gr  # noqa: E402
 
-from skinlesion.app import callbacks as logic  # noqa: E402
+from skinlesion import app as logic  # noqa: E402
 
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 # Clickable examples shown by default (train-split images + one non-lesion; see examples/README.md).
@@ -155,7 +155,7 @@ def build_demo(registry: logic.ModelRegistry, examples_dir: str | Path | None = 
             return gr.Dropdown(choices=v.target_choices, value=logic.PREDICTED), v.class_notes
 
         controls = [method, target, tta, alpha]
-        # preprocess=False: the upload reaches app_logic undecoded, so a broken file gets our message
+        # preprocess=False: the upload reaches skinlesion.app undecoded, so a broken file gets our message
         # (gr.Image's own decoder would fail first with a generic one).
         outputs = [label, overlay, heatmap, model_input, summary, warnings, agreement, details]
         extras_outputs = [ood_status, result_details, cases_panel, cases_status, cases_gallery, cases_table,

@@ -21,8 +21,9 @@ import sys
 
 from skinlesion.data.layouts import LAYOUTS
 from skinlesion.data.table import DataError
-from skinlesion.evaluation.evaluate import EVAL_SPLITS, CalibrationSplitError, EvalConfig, command_line, run
+from skinlesion.evaluation.evaluate import CalibrationSplitError, EvalConfig, command_line, run
 from skinlesion.evaluation.explain_quality import MaskError
+from skinlesion.evaluation.view_logits import EVAL_SPLITS
 from skinlesion.hub import HubUnavailableError
 from skinlesion.imageio import ImageLoadError
 from skinlesion.inference.tta import TTA_MODES

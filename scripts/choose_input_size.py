@@ -24,7 +24,7 @@ import torch
 from skinlesion.constants import MANIFEST_FILE
 from skinlesion.data import load_table, read_manifest, select_split
 from skinlesion.evaluation import metrics
-from skinlesion.evaluation.evaluate import collect_view_logits
+from skinlesion.evaluation.view_logits import collect_view_logits
 from skinlesion.inference import calibration
 from skinlesion.inference.predictor import Predictor
 from skinlesion.models.folder import load_model_folder, set_preprocessing

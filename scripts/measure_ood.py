@@ -27,9 +27,11 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from skinlesion.constants import MANIFEST_FILE
 from skinlesion.data import load_table, read_manifest, select_split
-from skinlesion.evaluation.evaluate import collect_view_logits, folder_features
+from skinlesion.evaluation.ood_retrieval import folder_features
+from skinlesion.evaluation.view_logits import collect_view_logits
 from skinlesion.inference import cases, ood
-from skinlesion.inference.predictor import Predictor, file_sha256
+from skinlesion.inference.predictor import Predictor
+from skinlesion.models.folder import file_sha256
 
 CANDIDATES = [("energy", {}), ("mahalanobis", {}), ("mahalanobis_l2", {}), ("knn", {"knn_k": 1}),
               ("knn", {"knn_k": 10}), ("knn", {"knn_k": 50}), ("mahalanobis+knn", {"knn_k": 10})]

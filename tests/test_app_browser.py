@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from test_app_client import lesion_file, serve
 
-from skinlesion.app import callbacks as logic
+from skinlesion import app as logic
 
 pytestmark = pytest.mark.browser
 

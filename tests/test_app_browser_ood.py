@@ -10,7 +10,7 @@ from fitted_folder import make_fitted, non_lesion_images
 from test_app_browser import browser  # noqa: F401  (the fixture)
 from test_app_client import serve
 
-from skinlesion.app import callbacks as logic
+from skinlesion import app as logic
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

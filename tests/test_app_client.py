@@ -15,7 +15,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 from test_app_logic import write_bad_uploads
 
-from skinlesion.app import callbacks as logic
+from skinlesion import app as logic
 from skinlesion.bench.app import free_port, start_app, stop, wait_until_serving
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

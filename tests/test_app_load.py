@@ -14,7 +14,7 @@ from conftest import synthetic_lesion
 from gradio_client import Client, handle_file
 from test_app_client import serve
 
-from skinlesion.app import callbacks as logic
+from skinlesion import app as logic
 from skinlesion.models.folder import load_model_folder, save_model_folder
 
 N_CLIENTS = 16

@@ -15,7 +15,7 @@ import pytest
 from conftest import synthetic_lesion
 from PIL import Image
 
-from skinlesion.app import callbacks as logic
+from skinlesion import app as logic
 from skinlesion.inference.predictor import Prediction
 
 

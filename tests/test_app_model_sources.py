@@ -23,7 +23,7 @@ from conftest import synthetic_lesion
 from gradio_client import Client, handle_file
 from test_app_client import lesion_file, serve
 
-from skinlesion.app import callbacks as logic
+from skinlesion import app as logic
 from skinlesion.data.transforms import Preprocessing
 from skinlesion.models import create_model
 from skinlesion.models.folder import save_model_folder

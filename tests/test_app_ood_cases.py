@@ -9,7 +9,7 @@ import pytest
 from conftest import synthetic_lesion
 from fitted_folder import make_fitted, non_lesion_images, write_tiny_model
 
-from skinlesion.app import callbacks as logic
+from skinlesion import app as logic
 from skinlesion.hub import HubUnavailableError
 
 

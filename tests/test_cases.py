@@ -176,7 +176,8 @@ def test_building_from_another_manifest_is_refused(fitted, tmp_path):
 # -- evaluation ----------------------------------------------------------------------------------------
 
 def test_evaluation_excludes_the_evaluated_set_from_the_index(fitted):
-    from skinlesion.evaluation.evaluate import collect_view_logits, retrieval_report
+    from skinlesion.evaluation.ood_retrieval import retrieval_report
+    from skinlesion.evaluation.view_logits import collect_view_logits
 
     predictor = Predictor.from_pretrained(fitted.folder)
     table = load_table(fitted.data)
@@ -228,7 +229,7 @@ def test_evaluate_reports_flag_rates_and_the_vote_beside_the_softmax(fitted, tmp
 
 
 def test_evaluate_without_index_or_stats_says_unavailable(tmp_path):
-    from skinlesion.evaluation.evaluate import ood_report, retrieval_report
+    from skinlesion.evaluation.ood_retrieval import ood_report, retrieval_report
 
     predictor = Predictor.from_pretrained(write_tiny_model(tmp_path / "m"))
     logits, feats = predictor.forward_views_with_features(torch.zeros(2, 3, 64, 64))

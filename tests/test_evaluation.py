@@ -16,6 +16,7 @@ from PIL import Image
 
 from skinlesion.data import DataError, load_table
 from skinlesion.evaluation import evaluate as evaluation
+from skinlesion.evaluation import view_logits
 from skinlesion.inference import calibration
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,27 +66,27 @@ def _ham_like(root: Path, folder: Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 def test_unknown_data_label_names_it_and_suggests_label_map():
-    with pytest.raises(evaluation.LabelMappingError) as err:
-        evaluation.check_labels(["melanoma", "nv", "weird"], ["bkl", "mel", "nv"], {})
+    with pytest.raises(view_logits.LabelMappingError) as err:
+        view_logits.check_labels(["melanoma", "nv", "weird"], ["bkl", "mel", "nv"], {})
     message = str(err.value)
     assert "melanoma" in message and "weird" in message and "--label-map" in message
     assert "melanoma=mel" in message  # a taxonomy alias becomes a concrete suggestion
     assert isinstance(err.value, DataError)
-    evaluation.check_labels(["mel", "nv"], ["bkl", "mel", "nv"], {})  # a subset is fine
+    view_logits.check_labels(["mel", "nv"], ["bkl", "mel", "nv"], {})  # a subset is fine
 
 
 def test_split_choice_external_whole_ham_needs_manifest(tmp_path):
     table = load_table(_imagefolder(tmp_path / "d", ("bkl", "nv"), n=1))
-    chosen, split = evaluation.resolve_split(table, None, None)
+    chosen, split = view_logits.resolve_split(table, None, None)
     assert split == "all" and len(chosen.frame) == 2
     with pytest.raises(DataError, match="--split all"):
-        evaluation.resolve_split(table, "test", None)
+        view_logits.resolve_split(table, "test", None)
     folder = tmp_path / "m"
     folder.mkdir()
     ham = load_table(_ham_like(tmp_path / "ham", folder))
     with pytest.raises(DataError, match="no split manifest"):
-        evaluation.resolve_split(ham, None, None)
-    test_rows, split = evaluation.resolve_split(ham, None, folder / "split_manifest.csv")
+        view_logits.resolve_split(ham, None, None)
+    test_rows, split = view_logits.resolve_split(ham, None, folder / "split_manifest.csv")
     assert split == "test" and len(test_rows.frame) == 6
 
 
@@ -127,7 +128,7 @@ def test_evaluation_path_gives_the_predictor_probabilities(tmp_path, tiny_model_
         synthetic_lesion(i, size=(400, 300), label=1).save(root / "mel" / f"m{i}.png")
     table = load_table(root)
     predictor = Predictor.from_pretrained(tiny_model_folder, device="cpu", use_onnx=False)
-    got = evaluation.collect_view_logits(predictor, table, "flips", batch_size=2, workers=0, progress=False)
+    got = view_logits.collect_view_logits(predictor, table, "flips", batch_size=2, workers=0, progress=False)
     assert got.logits.shape == (4, 2, 3)
     probs = calibration.calibrated_probs(got.logits, predictor.loaded.temperature)
     expected = [predictor.predict(p, tta="flips").probs for p in table.frame["path"]]

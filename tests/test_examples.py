@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from skinlesion.app.callbacks import example_images, example_labels
+from skinlesion.app.examples import example_images, example_labels
 from skinlesion.data import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -71,7 +71,7 @@ def test_the_control_folder_differs(folders):
 
 def test_evaluation_path_matches_the_library(folders):
     from skinlesion.data import load_table
-    from skinlesion.evaluation.evaluate import collect_view_logits
+    from skinlesion.evaluation.view_logits import collect_view_logits
 
     half, _, images = folders
     predictor = Predictor.from_pretrained(half, use_onnx=False)
@@ -111,7 +111,7 @@ def test_onnx_matches_the_library(folders, tmp_path):
 
 
 def test_app_matches_the_library(folders):
-    from skinlesion.app import callbacks as app_logic
+    from skinlesion import app as app_logic
 
     half, _, images = folders
     registry = app_logic.ModelRegistry([app_logic.ModelSpec(source=str(half), name="half")])

@@ -20,8 +20,9 @@ from PIL import Image
 from skinlesion.data.transforms import Preprocessing, eval_geometry, eval_transform
 from skinlesion.hub import HubUnavailableError
 from skinlesion.imageio import ImageLoadError, load_rgb
+from skinlesion.inference.onnx_runtime import OnnxUnavailableError
 from skinlesion.inference.overlay import input_box
-from skinlesion.inference.predictor import OnnxUnavailableError, Prediction, Predictor
+from skinlesion.inference.predictor import Prediction, Predictor
 from skinlesion.inference.tta import get_views
 from skinlesion.models import create_model
 from skinlesion.models.folder import ModelFolderError, save_model_folder

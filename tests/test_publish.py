@@ -127,7 +127,7 @@ def test_dry_run_lists_this_repository_with_sizes_and_no_network(no_network, cap
         if len(parts) == 2 and parts[0].replace(",", "").isdigit():
             listed[parts[1]] = int(parts[0].replace(",", ""))
     for needed in ("app.py", "requirements.txt", "README.md", "src/skinlesion/__init__.py",
-                   "src/skinlesion/app/callbacks.py", "weights/model.safetensors", "weights/config.json"):
+                   "src/skinlesion/app/registry.py", "weights/model.safetensors", "weights/config.json"):
         assert listed.get(needed) == (REPO_ROOT / needed).stat().st_size, needed
     assert not [p for p in listed if p.startswith(("tests/", ".venv/", "runs/", ".git/", "data/"))]
     assert not [p for p in listed if p.endswith(".pyc") or "egg-info" in p]

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from conftest import synthetic_lesion
 
-from skinlesion.app import callbacks as logic
+from skinlesion import app as logic
 from skinlesion.bench.app import free_port, stop, wait_until_serving
 from skinlesion.publish import space_files
 

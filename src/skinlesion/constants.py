@@ -21,5 +21,8 @@ MODEL_CARD_FILE = "README.md"
 MANIFEST_FILE = "split_manifest.csv"
 ONNX_FILE = "model.onnx"
 
+# The Space variable naming the Hub model(s) the app serves: `skinlesion publish space --model-id` sets it.
+MODEL_ID_ENV = "MODEL_ID"  # comma-separated model folders / Hub ids, each ID[@REV]
+
 # Colour-constancy methods a model folder may ask for (transforms.ShadesOfGray implements the one).
 COLOR_CONSTANCY = ("none", "shades_of_gray")

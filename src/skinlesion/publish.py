@@ -199,7 +199,7 @@ def deploy_space(repo_id: str, *, model_id: str | None = None, private: bool = F
     """
     from huggingface_hub import HfApi
 
-    from .app.callbacks import MODEL_ID_ENV
+    from .constants import MODEL_ID_ENV
 
     space_files(root)  # the same selection upload_folder makes below; raises when a needed file is missing
     check_can_push(repo_id, what=f"publish space {repo_id}")

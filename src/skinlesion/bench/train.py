@@ -24,15 +24,8 @@ from PIL import Image
 
 from ..constants import CACHE_SHORT_SIDE
 from ..training.config import TrainConfig
-from ..training.loop import (
-    build_datasets,
-    build_step_state,
-    make_accelerator,
-    make_loader,
-    prepare_split,
-    preprocessing_of,
-    train_step,
-)
+from ..training.loop import build_datasets, build_step_state, make_loader, train_step
+from ..training.setup import make_accelerator, prepare_split, preprocessing_of
 
 SYNTHETIC_CLASSES = ("bkl", "mel", "nv")
 

@@ -11,6 +11,7 @@ retrieval vote (balanced accuracy and melanoma AUC beside the softmax's, precisi
 evaluated set's own images and lesions excluded from the index) are scored. With several models
 or `compare_tta`, one comparison table is added. Files are written only by `run` and the
 `evaluate_one` / `save_calibration` steps it calls; the data, scoring and fitting functions are pure.
+Choosing and streaming the images is `view_logits.py`; the OOD and retrieval scores, `ood_retrieval.py`.
 """
 
 from __future__ import annotations
@@ -26,22 +27,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from ..constants import MANIFEST_FILE
-from ..data import DataError, LesionDataset, LesionTable, load_table, read_manifest, select_split
+from ..data import LesionTable, load_table, read_manifest, select_split
 from ..data.layouts import ISIC2018_TO_HAM, ISIC2019_TO_HAM
-from ..data.transforms import eval_transform
 from ..imageio import load_rgb
 from ..inference import calibration, cases, tta
 from ..models.folder import update_extras
-from ..taxonomy import ALIASES
 from . import metrics, reporting
 from .explain_quality import QualityConfig, evaluate_explanations
+from .ood_retrieval import folder_features, ood_report, ood_retrieval_markdown, retrieval_report
+from .view_logits import check_labels, collect_view_logits, resolve_split
 
 OOD_QUANTILE = 0.01
-NO_DOWNSCALE = 1 << 30  # a short-side cap no image reaches
-EVAL_SPLITS = ("test", "val", "all")
 
 # How each layout's own ground truth becomes HAM10000 codes (before any --label-map).
 LAYOUT_LABELS = {
@@ -54,10 +52,6 @@ LAYOUT_LABELS = {
     "imagefolder": "class sub-folder names",
     "hf": "the dataset's label feature",
 }
-
-
-class LabelMappingError(DataError):
-    """The data has a label the model does not know and `--label-map` does not map."""
 
 
 class CalibrationSplitError(ValueError):
@@ -95,57 +89,9 @@ class EvalConfig:
     cases_k: int = cases.DEFAULT_K               # k of the retrieval precision@k
 
 
-@dataclass
-class ViewLogits:
-    logits: torch.Tensor   # (V, N, K) raw logits, view-major as in tta.TTA_MODES[mode]
-    targets: torch.Tensor  # (N,) model class indices
-    mode: str
-    seconds: float
-    features: torch.Tensor | None = None  # (N, D) identity-view penultimate features; None if the model has none
-
-
 # ---------------------------------------------------------------------------------------------
-# Data
+# Data (choosing and streaming the images: view_logits.py)
 # ---------------------------------------------------------------------------------------------
-
-def check_labels(data_labels: list[str], model_labels: list[str], label_map: dict[str, str]) -> None:
-    """Raise `LabelMappingError` naming each data label the model lacks, with a --label-map suggestion."""
-    missing = sorted(set(data_labels) - set(model_labels))
-    if not missing:
-        return
-    hints = []
-    for label in missing:
-        alias = ALIASES.get(label.strip().lower())
-        if alias in model_labels:
-            hints.append(f"{label}={alias}")
-    suggestion = f" e.g. --label-map {','.join(hints)}" if hints else " e.g. --label-map SRC=DST,..."
-    mapped = f" (after --label-map {label_map})" if label_map else ""
-    raise LabelMappingError(
-        f"data label(s) {missing}{mapped} are not among the model's labels {model_labels}; map each one onto a "
-        f"model label with --label-map SRC=DST,{suggestion}"
-    )
-
-
-def resolve_split(table: LesionTable, split: str | None, manifest_path: Path | None) -> tuple[LesionTable, str]:
-    """The rows to evaluate. Data with a manifest: the asked split (default test); other data: all of it."""
-    if split is not None and split not in EVAL_SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {list(EVAL_SPLITS)}")
-    if manifest_path is None:
-        if split in ("test", "val"):
-            raise DataError(
-                f"--split {split} needs a split manifest, and {table.root} (layout {table.layout}) has none: "
-                "pass --manifest CSV, or --split all to evaluate the whole set"
-            )
-        if table.layout == "ham10000":
-            raise DataError(
-                f"{table.root} is HAM10000 but no split manifest was found (none in the model folder, no "
-                "--manifest); evaluating it whole would score the training images. Pass --manifest, or "
-                "--split all if that is really what you want"
-            )
-        return table, "all"
-    chosen = split or "test"
-    return select_split(table, read_manifest(manifest_path), chosen), chosen
-
 
 def manifest_for(cfg: EvalConfig, folder: Path | None, layout: str) -> Path | None:
     """--manifest if given; for HAM10000, the model folder's own split manifest if it has one."""
@@ -154,58 +100,6 @@ def manifest_for(cfg: EvalConfig, folder: Path | None, layout: str) -> Path | No
     if layout == "ham10000" and folder is not None and (folder / MANIFEST_FILE).is_file():
         return folder / MANIFEST_FILE
     return None
-
-
-def collect_view_logits(predictor, table: LesionTable, mode: str, *, batch_size: int, workers: int,
-                        progress: bool) -> ViewLogits:
-    """Stream the table through the Predictor's eval transform and `forward_views_with_features`
-    -> (V, N, K) logits and (N, D) identity-view features."""
-    check_labels(sorted(set(table.frame["label"])), list(predictor.label_names), {})
-    # short_side=NO_DOWNSCALE: the dataset's decode-time downscale (a training-cache economy) is switched
-    # off, so every image reaches eval_transform exactly as load_rgb decodes it for Predictor.predict.
-    dataset = LesionDataset(table, predictor.label_names, eval_transform(predictor.preprocessing), images=None,
-                            short_side=NO_DOWNSCALE)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        persistent_workers=False)
-    device = next(predictor.loaded.model.parameters()).device
-    from tqdm.auto import tqdm
-
-    chunks, feature_chunks, targets = [], [], []
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for x, y in tqdm(loader, desc=f"evaluating ({mode})", unit="batch", disable=not progress):
-            logits, feats = predictor.forward_views_with_features(x.to(device), mode)
-            chunks.append(logits.float().cpu())  # (V, B, K)
-            feature_chunks.append(feats)         # (B, D) or None
-            targets.append(y)
-    logits = torch.cat(chunks, dim=1)  # (V, N, K)
-    features = torch.cat(feature_chunks) if feature_chunks and feature_chunks[0] is not None else None
-    n_views = len(tta.get_views(mode))
-    if logits.shape[0] != n_views:
-        raise RuntimeError(f"forward_views returned {logits.shape[0]} views for TTA {mode!r}, expected {n_views}")
-    return ViewLogits(logits=logits, targets=torch.cat(targets).long(), mode=mode,
-                      seconds=time.perf_counter() - start, features=features)
-
-
-def folder_features(predictor, folder: str | Path, *, batch_size: int = 32) -> tuple[list[Path], torch.Tensor,
-                                                                                      torch.Tensor | None]:
-    """Every image under `folder` (recursively) -> (paths, (V=1, N, K) identity-view logits, (N, D) features).
-
-    The Predictor's own decoding and preprocessing, as for an upload; an unreadable file raises naming it.
-    """
-    from ..imageio import find_images
-
-    paths = find_images(Path(folder))
-    if not paths:
-        raise DataError(f"{folder}: no image files found")
-    logit_chunks, feature_chunks = [], []
-    for start in range(0, len(paths), batch_size):
-        x = torch.stack([predictor.preprocess(p)[0] for p in paths[start:start + batch_size]])
-        logits, feats = predictor.forward_views_with_features(x, "none")
-        logit_chunks.append(logits)
-        feature_chunks.append(feats)
-    features = torch.cat(feature_chunks) if feature_chunks[0] is not None else None
-    return paths, torch.cat(logit_chunks, dim=1), features
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,104 +185,6 @@ def score(view_logits: torch.Tensor, targets: torch.Tensor, label_names: list[st
                         "restricted to those (see prediction_rule)")
     summary["warnings"] = warnings
     return summary
-
-
-def flag_summary(scores: torch.Tensor, threshold: float) -> dict:
-    """How many of these images a detector flags (score below its threshold)."""
-    flagged = scores < threshold
-    n = int(scores.numel())
-    return {"n_images": n, "n_flagged": int(flagged.sum()), "flag_rate": float(flagged.float().mean()) if n else None,
-            "score_median": float(scores.median()) if n else None}
-
-
-def ood_report(predictor, view_logits: torch.Tensor, features: torch.Tensor | None,
-               folders: dict[str, tuple[torch.Tensor, torch.Tensor | None]]) -> dict:
-    """The detector's false-flag rate on the labelled set and its flag rate on each non-dermoscopic folder.
-
-    `folders`: folder -> ((1, N, K) identity-view logits, (N, D) features) of its images.
-    """
-    detector = predictor.ood_detector
-    if detector is None:
-        return {"available": False, "reason": predictor.ood_status}
-    scores = predictor.ood_scores(view_logits, features)
-    if scores is None:
-        return {"available": False, "reason": f"no features: {predictor.features_unavailable}"}
-    report = {"available": True, "method": detector.method, "threshold": detector.threshold,
-              "quantile": detector.quantile, "labelled_set": flag_summary(scores, detector.threshold),
-              "folders": {}}
-    for folder, (logits, feats) in folders.items():
-        report["folders"][folder] = flag_summary(predictor.ood_scores(logits, feats), detector.threshold)
-    return report
-
-
-def _headline(targets: np.ndarray, probs: np.ndarray, label_names: list[str]) -> dict:
-    summary = metrics.classification_summary(targets, probs, label_names)
-    mel = summary["per_class"].get("mel") or {}
-    return {"balanced_accuracy": summary["balanced_accuracy"], "melanoma_auc": mel.get("auc"),
-            "malignant_auc": summary["malignant_auc"], "accuracy": summary["accuracy"]}
-
-
-def retrieval_report(predictor, view_logits: torch.Tensor, features: torch.Tensor | None, targets: torch.Tensor,
-                     table: LesionTable, temperature: float, *, k: int = cases.DEFAULT_K) -> dict:
-    """The retrieval vote beside the calibrated softmax on a labelled set, and precision@k per class.
-
-    The index's cases sharing an image id or a lesion id with the evaluated set are excluded, so no
-    image is its own neighbour (a test split's lesions are not in a train-split index anyway).
-    """
-    index = predictor.case_index
-    if index is None:
-        return {"available": False, "reason": predictor.cases_status}
-    if features is None:
-        return {"available": False, "reason": f"no features: {predictor.features_unavailable}"}
-    exclude = index.exclusion_mask(table.frame["image_id"].astype(str), table.frame["group"].astype(str))
-    if bool(exclude.all()):
-        return {"available": False, "reason": "every indexed case belongs to the evaluated set"}
-    labels = list(predictor.label_names)
-    vote_k = predictor.vote_k
-    neighbours = index.search(features, max(k, vote_k), exclude=exclude)
-    vote = np.array([[v[c] for c in labels] for v in (cases.retrieval_vote(n[:vote_k], labels) for n in neighbours)])
-    softmax = calibration.calibrated_probs(view_logits, temperature).numpy()
-    y = targets.numpy()
-    return {"available": True, "index_size": len(index), "excluded_from_index": int(exclude.sum()),
-            "vote_k": vote_k, "vote": _headline(y, vote, labels), "softmax": _headline(y, softmax, labels),
-            "precision_at_k": cases.precision_at_k([labels[i] for i in y], neighbours, k)}
-
-
-def ood_retrieval_markdown(report: dict) -> str:
-    """report.md sections for the OOD check and the similar-cases retrieval of one model."""
-    lines = []
-    name = (report.get("model") or {}).get("name", "")
-    ood = report.get("ood") or {}
-    if ood:
-        lines += ["", f"## {name}: not a dermoscopic image? (out-of-distribution check)", ""]
-        if not ood.get("available"):
-            lines.append(f"Unavailable: {ood.get('reason')}")
-        else:
-            lines += [f"Method `{ood['method']}`, threshold {ood['threshold']:.4g} (quantile {ood['quantile']} of "
-                      "validation images).", "", "| images | n | flagged | flag rate |", "|---|---|---|---|"]
-            rows = [("this labelled set (false flags)", ood["labelled_set"])] + list(ood["folders"].items())
-            for name, r in rows:
-                lines.append(f"| {name} | {r['n_images']} | {r['n_flagged']} | {r['flag_rate']:.3f} |")
-    retrieval = report.get("retrieval") or {}
-    if retrieval:
-        lines += ["", f"## {name}: similar cases (retrieval vote)", ""]
-        if not retrieval.get("available"):
-            lines.append(f"Unavailable: {retrieval.get('reason')}")
-        else:
-            def fmt(v):
-                return "—" if v is None else f"{v:.3f}"
-
-            lines += [f"Index of {retrieval['index_size']} training images ({retrieval['excluded_from_index']} excluded "
-                      f"as part of this set); vote over the {retrieval['vote_k']} nearest lesions.", "",
-                      "| | balanced accuracy | melanoma AUC | malignant AUC |", "|---|---|---|---|"]
-            for name in ("softmax", "vote"):
-                r = retrieval[name]
-                lines.append(f"| {name} | {fmt(r['balanced_accuracy'])} | {fmt(r['melanoma_auc'])} | "
-                             f"{fmt(r['malignant_auc'])} |")
-            pk = retrieval["precision_at_k"]
-            lines += ["", f"precision@{pk['k']}: macro {fmt(pk['macro'])}; "
-                      + ", ".join(f"{c} {fmt(v)}" for c, v in pk["per_class"].items())]
-    return "\n".join(lines) + ("\n" if lines else "")
 
 
 def comparison_row(name: str, source: str, report: dict, mode: str, n_views: int) -> dict:

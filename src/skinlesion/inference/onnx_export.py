@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from ..constants import MODEL_WEIGHTS_FILE, ONNX_FILE
-from ..models.folder import ModelFolderError, load_model_folder
+from ..models.folder import ModelFolderError, file_sha256, load_model_folder
 from . import features as feature_split
-from .predictor import ONNX_FEATURES_OUTPUT, ONNX_WEIGHTS_HASH_KEY, OnnxForward, file_sha256
+from .onnx_runtime import ONNX_FEATURES_OUTPUT, ONNX_WEIGHTS_HASH_KEY, OnnxForward
 
 DEFAULT_OPSET = 18
 INPUT_NAME = "pixel_values"

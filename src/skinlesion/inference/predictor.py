@@ -15,7 +15,6 @@ A folder without them predicts as before, with both reported as unavailable.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -31,11 +30,12 @@ from torchvision.transforms import v2
 from ..constants import MANIFEST_FILE, MODEL_WEIGHTS_FILE, ONNX_FILE
 from ..data.transforms import Preprocessing, eval_transform
 from ..imageio import ImageSource, load_rgb
-from ..models.folder import LoadedModel, ModelFolderError, load_model_folder, resolve_folder
+from ..models.folder import LoadedModel, ModelFolderError, file_sha256, load_model_folder, resolve_folder
 from ..taxonomy import describe_label, malignant_indices
 from . import calibration, cases, ood, overlay
 from . import features as feature_split
 from . import tta as tta_views
+from .onnx_runtime import OnnxForward, want_onnx
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +43,10 @@ DEFAULT_TTA = "flips"
 DEFAULT_UNCERTAIN_BELOW = 0.5
 # Fewer than 3 of 4 flip views agreeing with the final label means the call hinges on orientation.
 MIN_AGREEMENT = 0.75
-ONNX_WEIGHTS_HASH_KEY = "skinlesion.weights_sha256"
-ONNX_FEATURES_OUTPUT = "features"
 OOD_UNAVAILABLE = ("this model folder has no out-of-distribution statistics, so whether the image is dermoscopic "
                    "is not checked; fit them with `python -m skinlesion.fit_features --model FOLDER --data DATA`")
 CASES_UNAVAILABLE = ("this model folder has no case index; build it with "
                      "`python -m skinlesion.fit_features --model FOLDER --data DATA`")
-
-
-class OnnxUnavailableError(RuntimeError):
-    """ONNX inference was requested (use_onnx=True) but cannot be used for this folder or device."""
 
 
 @dataclass
@@ -109,69 +103,6 @@ class Explanation:
     prediction: Prediction
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-class OnnxForward:
-    """An onnxruntime session over `model.onnx`, refusing a file exported from other weights."""
-
-    def __init__(self, onnx_path: Path, weights_path: Path, *, threads: int | None = None):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads or torch.get_num_threads())
-        self.session = ort.InferenceSession(str(onnx_path), sess_options=options,
-                                            providers=["CPUExecutionProvider"])
-        exported_from = self.session.get_modelmeta().custom_metadata_map.get(ONNX_WEIGHTS_HASH_KEY)
-        if exported_from is None or exported_from != file_sha256(weights_path):
-            raise ModelFolderError(
-                f"{onnx_path} was not exported from the current {weights_path.name} (stale or foreign file); "
-                "re-export it with `python -m skinlesion.export onnx --model FOLDER`, or pass use_onnx=False")
-        self.input_name = self.session.get_inputs()[0].name
-        outputs = [o.name for o in self.session.get_outputs()]
-        self.output_names = [outputs[0]] + ([ONNX_FEATURES_OUTPUT] if ONNX_FEATURES_OUTPUT in outputs else [])
-        self.source = str(onnx_path)
-
-    @property
-    def has_features(self) -> bool:
-        """Whether the graph also outputs the penultimate-layer features (exports since the OOD detector)."""
-        return len(self.output_names) == 2
-
-    def logits_and_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(N, 3, S, S) -> ((N, K) logits, (N, D) features or None for a logits-only graph)."""
-        array = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
-        out = self.session.run(self.output_names, {self.input_name: array})
-        return torch.from_numpy(out[0]), (torch.from_numpy(out[1]) if len(out) > 1 else None)
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.logits_and_features(batch)[0]
-
-
-def _want_onnx(folder: Path, use_onnx: bool | None, device: torch.device) -> bool:
-    if use_onnx is False:
-        return False
-    exists = (folder / ONNX_FILE).is_file()
-    if use_onnx is None:
-        # Automatic: only on CPU (the sessions here use the CPU provider) and when the package is there.
-        if not exists or device.type != "cpu":
-            return False
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            logger.warning("%s has %s but onnxruntime is not installed: using PyTorch", folder, ONNX_FILE)
-            return False
-        return True
-    if not exists:
-        raise OnnxUnavailableError(f"use_onnx=True but {folder} has no {ONNX_FILE}; "
-                                   "create it with `python -m skinlesion.export onnx --model FOLDER`")
-    if device.type != "cpu":
-        raise OnnxUnavailableError(f"use_onnx=True runs on the CPU provider only, not on {device}")
-    return True
 
 
 class Predictor:
@@ -232,7 +163,7 @@ class Predictor:
         loaded.source = str(path_or_hub_id)
         dev = torch.device(device) if device is not None else torch.device("cpu")
         onnx_forward = None
-        if _want_onnx(folder, use_onnx, dev):
+        if want_onnx(folder, use_onnx, dev):
             onnx_forward = OnnxForward(folder / ONNX_FILE, folder / MODEL_WEIGHTS_FILE)
         detector, index = load_feature_extras(folder, loaded)
         return cls(loaded, tta=tta, device=dev, onnx_forward=onnx_forward, ood_detector=detector, case_index=index)

@@ -11,6 +11,7 @@ Layout (Hub conventions, so `timm.create_model("local-dir:PATH")` and `hf-hub:` 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -224,3 +225,13 @@ def load_model_folder(source: str | Path, *, revision: str | None = None, device
 
 def copy_folder(src: str | Path, dst: str | Path) -> None:
     shutil.copytree(src, dst, dirs_exist_ok=True)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file (model.safetensors's identifies the weights that OOD statistics, the case index
+    and model.onnx were made from)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -28,7 +28,7 @@ from ..data import DataError, LesionTable, load_table, read_manifest, select_spl
 from ..data.layouts import find_ham_csv
 from ..data.splits import manifest_hash
 from ..inference import cases, ood
-from ..models.folder import ModelFolderError, update_extras
+from ..models.folder import ModelFolderError, file_sha256, update_extras
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def subsample(table: LesionTable, limit: int, seed: int) -> LesionTable:
 
 
 def split_features(predictor, table: LesionTable, cfg: FitFeaturesConfig) -> SplitFeatures:
-    from ..evaluation.evaluate import collect_view_logits
+    from ..evaluation.view_logits import collect_view_logits
 
     out = collect_view_logits(predictor, table, "none", batch_size=cfg.batch_size, workers=cfg.workers,
                               progress=cfg.progress)
@@ -116,7 +116,7 @@ def resolve_manifest(folder: Path, manifest: str | None, extras: dict) -> tuple[
 
 def run(cfg: FitFeaturesConfig) -> dict:
     """Fit the detector and/or build the index; write them into the model folder; return a summary."""
-    from ..inference.predictor import Predictor, file_sha256
+    from ..inference.predictor import Predictor
 
     if not (cfg.fit_ood or cfg.build_index):
         raise ValueError("nothing to do: both --no-ood and --no-index were given")

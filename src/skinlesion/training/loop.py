@@ -4,20 +4,18 @@
 (DDP; gloo on CPU). Only the main process writes files, prints, draws plots or pushes to the Hub.
 
 The order in `train` is deliberate: every check that takes at most seconds (names, folders, Hub,
-split, class counts) runs before the first image is decoded, so bad input fails at once. The
-per-batch work is `train_step`, shared with `skinlesion.bench_train`, so the benchmark measures
+split, class counts; `setup.py`) runs before the first image is decoded, so bad input fails at once.
+The per-batch work is `train_step`, shared with `skinlesion bench train`, so the benchmark measures
 exactly the step that training runs.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 import platform
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,212 +27,38 @@ from accelerate.utils import set_seed
 from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 from torch.utils.data import DataLoader, RandomSampler
 
-from ..constants import CACHE_SHORT_SIDE, DEFAULT_MEAN, DEFAULT_STD, MANIFEST_FILE
+from ..constants import CACHE_SHORT_SIDE
 from ..data import (
     DataError,
     LesionDataset,
-    LesionTable,
     balanced_sampler,
     build_cache,
     class_weights,
-    lesion_grouped_split,
-    load_table,
-    read_duplicate_pairs,
-    read_manifest,
-    select_split,
-    write_manifest,
 )
 from ..data.splits import manifest_hash
-from ..data.transforms import Augmentation, Preprocessing, eval_transform, train_transform
+from ..data.transforms import Preprocessing, eval_transform, train_transform
 from ..inference import calibration, tta
-from ..models.architectures import check_model_name, create_model
-from ..models.folder import load_model_folder, read_config, resolve_folder, save_model_folder, update_extras
-from ..models.pretrained import check_weights_file, normalisation_for, weights_provenance
-from ..taxonomy import parse_label_map
+from ..models.architectures import create_model
+from ..models.folder import load_model_folder, save_model_folder, update_extras
+from ..models.pretrained import weights_provenance
 from . import checkpoint
 from .config import TrainConfig
+from .history import plot_confusion, plot_history, write_history
 from .losses import build_loss
+from .setup import (
+    CHECKPOINT_DIR,
+    SplitData,
+    TrainingSetupError,
+    augmentation_of,
+    check_setup,
+    check_split,
+    fail_together,
+    make_accelerator,
+    prepare_split,
+    preprocessing_of,
+)
 
 HISTORY_FILE = "history.csv"
-CHECKPOINT_DIR = "checkpoints"
-
-
-class TrainingSetupError(ValueError):
-    """The run cannot start: the message says which input is wrong."""
-
-
-@dataclass
-class SplitData:
-    train: LesionTable
-    val: LesionTable
-    classes: list[str]
-    manifest_path: Path
-
-
-def resolve_mixed_precision(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
-
-
-def preprocessing_of(cfg: TrainConfig, init_cfg: dict | None = None) -> Preprocessing:
-    """The model's preprocessing; mean/std follow the starting weights (ImageNet's unless they say otherwise).
-
-    ImageNet weights keep the normalisation they were trained with (0.5/0.5 for tf_efficientnet_lite*,
-    timm's pretrained_cfg says which); --init-from keeps that folder's; from scratch, ImageNet's.
-    """
-    mean, std = DEFAULT_MEAN, DEFAULT_STD
-    if cfg.pretrained or cfg.pretrained_file:
-        norm = normalisation_for(cfg.model)
-        mean, std = norm.mean, norm.std
-    elif init_cfg is not None:
-        mean = tuple(init_cfg["pretrained_cfg"].get("mean", DEFAULT_MEAN))
-        std = tuple(init_cfg["pretrained_cfg"].get("std", DEFAULT_STD))
-    return Preprocessing(input_size=cfg.image_size, mean=mean, std=std, crop_pct=cfg.crop_pct,
-                         interpolation=cfg.interpolation, color_constancy=cfg.color_constancy)
-
-
-def augmentation_of(cfg: TrainConfig) -> Augmentation:
-    return Augmentation(scale_min=cfg.scale_min, ratio=(1 / cfg.max_aspect, cfg.max_aspect), zoom_out=cfg.zoom_out,
-                        rotate_degrees=cfg.rotate_degrees, color_jitter=cfg.color_jitter,
-                        rand_augment=cfg.rand_augment, random_erasing=cfg.random_erasing)
-
-
-def launched_world_size() -> int:
-    """Processes the launcher (torchrun, `accelerate launch --multi_gpu`) started, from its env vars."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
-    """The Accelerator for this run; several processes on a machine without CUDA become gloo DDP.
-
-    accelerate selects its multi-CPU mode only when asked for the CPU: under torchrun or
-    `accelerate launch --multi_gpu` without CUDA it otherwise gives every process a world of one,
-    and N independent trainings then overwrite one output folder. (`accelerate launch --cpu
-    --num_processes N` starts a single process; see the README.)
-    """
-    world = launched_world_size()
-    accelerator = Accelerator(cpu=world > 1 and not torch.cuda.is_available(),
-                              mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
-                              gradient_accumulation_steps=cfg.grad_accum)
-    if accelerator.num_processes != world:
-        raise TrainingSetupError(f"the launcher started {world} processes (WORLD_SIZE) but accelerate joined "
-                                 f"{accelerator.num_processes}; use `torchrun --nproc_per_node N train.py ...`")
-    return accelerator
-
-
-def check_output_dir(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise TrainingSetupError(f"output folder {path} is not writable ({err})") from err
-
-
-def check_setup(cfg: TrainConfig, *, is_main: bool) -> dict | None:
-    """Checks that take seconds at most, run before the data is read; returns --init-from's config.json.
-
-    Each raises a specific error naming the flag to change.
-    """
-    check_model_name(cfg.model)
-    out = Path(cfg.output_dir)
-    if is_main:
-        check_output_dir(out)
-    if not cfg.resume and checkpoint.latest_checkpoint(out / CHECKPOINT_DIR) is not None:
-        raise TrainingSetupError(f"{out / CHECKPOINT_DIR} holds checkpoints of an earlier run: pass --resume to "
-                                 "continue it, or choose another --output-dir (or delete that folder)")
-    if cfg.push_to_hub:
-        from ..publish import check_can_push
-
-        check_can_push(cfg.push_to_hub)
-    if cfg.pretrained:
-        from ..hub import require_hub
-
-        require_hub(f"ImageNet weights for {cfg.model!r} (--pretrained)")
-    if cfg.pretrained_file:
-        check_weights_file(cfg.pretrained_file, cfg.model)  # names, shapes only: seconds, before any image
-    if not cfg.init_from:
-        return None
-    init_cfg = read_config(resolve_folder(cfg.init_from))  # config.json only; the weights load later
-    if init_cfg["architecture"] != cfg.model:
-        raise TrainingSetupError(f"--init-from {cfg.init_from} is a {init_cfg['architecture']}, but --model is "
-                                 f"{cfg.model}")
-    return init_cfg
-
-
-def fail_together(accelerator: Accelerator, check: Callable[[], object]) -> object:
-    """Run `check` on every process; if it raised on any, raise on all (no rank is left waiting in a barrier)."""
-    result, error = None, None
-    try:
-        result = check()
-    except Exception as err:  # noqa: BLE001 - re-raised below, on this process and (as a pointer) on the others
-        error = err
-    if accelerator.num_processes > 1:
-        failed = accelerator.gather(torch.tensor([int(error is not None)], device=accelerator.device))
-        if error is None and int(failed.sum()) > 0:
-            error = TrainingSetupError("another process failed its start-up checks; its message is above")
-    if error is not None:
-        raise error
-    return result
-
-
-def prepare_split(cfg: TrainConfig, is_main: bool) -> SplitData:
-    """Read the data table and the split (no image is decoded); make the lesion-grouped split when no manifest was given.
-
-    Every process computes the same split from the seed, so no file has to be shared before the
-    processes synchronise; only the main process writes the manifest.
-    """
-    table = load_table(cfg.data, layout=cfg.layout, label_map=parse_label_map(cfg.label_map), skip_bad=cfg.skip_bad)
-    out = Path(cfg.output_dir)
-    if cfg.manifest:
-        manifest = read_manifest(cfg.manifest)
-    else:
-        saved = out / MANIFEST_FILE
-        if cfg.resume and saved.exists():
-            manifest = read_manifest(saved)  # a resumed run keeps the split it started with
-        else:
-            dup_path = Path(cfg.duplicates) if cfg.duplicates else Path(table.root) / "duplicate_lesion_pairs.csv"
-            pairs = read_duplicate_pairs(dup_path) if dup_path.exists() else []
-            manifest = lesion_grouped_split(table, val=cfg.val_fraction, test=cfg.test_fraction, seed=cfg.seed,
-                                            duplicate_pairs=pairs)
-    manifest_path = out / MANIFEST_FILE
-    if is_main:
-        write_manifest(manifest, manifest_path)
-    tables = {}
-    for name in ("train", "val"):
-        try:
-            tables[name] = select_split(table, manifest, name)
-        except DataError as err:
-            if "is empty" not in str(err):
-                raise
-            hint = "--val-fraction above 0" if name == "val" else "a manifest with 'train' rows"
-            raise TrainingSetupError(f"the {name} split has no images ({cfg.data}); use {hint}") from err
-    train_t, val_t = tables["train"], tables["val"]
-    # Sorted before ids are assigned: every process and every later run agrees on class indices.
-    classes = sorted(set(train_t.frame["label"]) | set(val_t.frame["label"]))
-    missing = sorted(set(classes) - set(train_t.frame["label"]))
-    if missing:
-        raise TrainingSetupError(f"class(es) {missing} appear in the validation split but not in training")
-    return SplitData(train=train_t, val=val_t, classes=classes, manifest_path=manifest_path)
-
-
-def check_split(cfg: TrainConfig, split: SplitData, num_processes: int, init_cfg: dict | None) -> None:
-    """Checks that need the split but no pixels: enough images for a batch, classes matching --init-from."""
-    n_train, per_step = len(split.train.frame), cfg.batch_size * num_processes
-    if n_train < per_step:
-        raise TrainingSetupError(f"the training split has {n_train} images, fewer than one batch "
-                                 f"({cfg.batch_size} per process x {num_processes}); lower --batch-size")
-    if init_cfg is not None:
-        labels = list(init_cfg.get("label_names") or init_cfg["pretrained_cfg"].get("label_names") or [])
-        if labels != split.classes:
-            what = "classes" if len(labels) == len(split.classes) else f"{len(labels)} classes"
-            raise TrainingSetupError(
-                f"--init-from {cfg.init_from} has {what} {labels}, the data has {len(split.classes)} "
-                f"{split.classes}; fine-tune from a model with the same classes")
 
 
 def build_datasets(cfg: TrainConfig, split: SplitData, pre: Preprocessing, *,
@@ -393,54 +217,6 @@ def predict_logits(model: torch.nn.Module, loader: DataLoader, accelerator: Acce
         all_logits.append(logits.cpu())
         all_targets.append(y.cpu())
     return torch.cat(all_logits).permute(1, 0, 2), torch.cat(all_targets)
-
-
-def write_history(path: Path, history: list[dict]) -> None:
-    keys = list(dict.fromkeys(k for row in history for k in row))
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(history)
-    tmp.replace(path)
-
-
-def plot_history(path: Path, history: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [h["train_loss"] for h in history], label="train loss")
-    ax1.plot(epochs, [h["val_loss"] for h in history], label="val loss")
-    ax1.set_xlabel("epoch")
-    ax1.legend()
-    for key in ("val_accuracy", "val_balanced_accuracy", "val_macro_f1"):
-        ax2.plot(epochs, [h[key] for h in history], label=key.removeprefix("val_"))
-    ax2.set_xlabel("epoch")
-    ax2.set_ylim(0, 1)
-    ax2.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_confusion(path: Path, targets: np.ndarray, preds: np.ndarray, classes: list[str], title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    fig, ax = plt.subplots(figsize=(6, 5))
-    ConfusionMatrixDisplay.from_predictions(targets, preds, labels=list(range(len(classes))), display_labels=classes,
-                                            normalize="true", values_format=".2f", ax=ax, colorbar=False)
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def head_lr(optimizer: torch.optim.Optimizer) -> float:

@@ -71,7 +71,8 @@ def write_results(out: Path, rows: list[dict[str, Any]]) -> tuple[Path, Path]:
 def tune(cfg: TrainConfig, *, trials: int, epochs: int | None = None) -> dict:
     """Run `trials` Optuna trials of `epochs` (default cfg.epochs) each; returns the best and the table paths."""
     optuna = import_optuna()
-    from .loop import TrainingSetupError, check_output_dir, launched_world_size, prepare_split, train
+    from .loop import train
+    from .setup import TrainingSetupError, check_output_dir, launched_world_size, prepare_split
 
     if trials < 1:
         raise ValueError("--tune needs at least one trial")
