@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fit-temperature", action=argparse.BooleanOptionalAction, default=False,
                    help="fit temperature + OOD threshold on the VALIDATION split and write them to the model folder")
 
-    g = parser.add_argument_group("out-of-distribution check and similar cases (need `python -m skinlesion.fit_features`)")
+    g = parser.add_argument_group("out-of-distribution check and similar cases (need `skinlesion fit-features`)")
     g.add_argument("--ood-folder", action="append", default=[], dest="ood_folders", metavar="DIR",
                    help="folder of non-dermoscopic images: report the share the OOD check flags; repeatable")
     g.add_argument("--cases-k", type=int, default=5, help="k of the similar-cases precision@k")

@@ -1,5 +1,5 @@
 """Compare out-of-distribution detectors and case-index settings on one model's features (the numbers
-behind the defaults of `python -m skinlesion.fit_features`; README "Not a dermoscopic image?").
+behind the defaults of `skinlesion fit-features`; README "Not a dermoscopic image?").
 
     python scripts/make_ood_folders.py --out runs/ood_sets
     nice -n 19 python scripts/measure_ood.py --model weights --data ../shared/data/HAM10000 \

@@ -156,7 +156,7 @@ def test_publish_dry_runs_without_network(tiny_model_folder, capsys):
 
 def test_bench_train(capsys):
     code, stdout, _ = run(capsys, "bench", "train", "--model", "lesion_cnn", "--image-size", "32", "--batch-size",
-                          "8", "--steps", "1", "--warmup", "0", "--images", "24", "--workers", "0")
+                          "8", "--steps", "1", "--warmup", "0", "--images", "48", "--workers", "0")
     assert code == 0 and json.loads(stdout)["ratio"] > 0
 
 

@@ -216,7 +216,7 @@ def test_seven_class_folder_sums_all_malignant_classes(tmp_path):
 
 def test_energy_threshold_alone_is_a_record_not_a_flag(tmp_path):
     # The energy threshold training and --fit-temperature write flagged none of 32 non-dermoscopic photos;
-    # without fitted feature statistics (skinlesion.fit_features) the check is reported unavailable instead.
+    # without fitted feature statistics (`skinlesion fit-features`) the check is reported unavailable instead.
     img = synthetic_lesion(5)
     for threshold, name in ((1e6, "h"), (-1e6, "l")):
         folder = make_folder(tmp_path, ["a", "b"], {"ood": {"score": "energy", "threshold": threshold}}, name=name)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+
 class ModelUnavailableError(RuntimeError):
     """The requested model is not configured or failed to load (the message says why)."""
 

@@ -1,4 +1,4 @@
-"""`python -m skinlesion.bench_app --model M` (or `python -m skinlesion.bench app ...`): the app's speed.
+"""The app's speed (`skinlesion bench app --model M`, or `--space` for a Space's cold start and memory).
 
 Measures, in one run so the shared machine's load hits both sides alike:
 - cold start: `python app.py` launched as a subprocess until its first /predict answer (polled with

@@ -1,4 +1,4 @@
-"""Inference speed as ratios measured in one run (`python -m skinlesion.bench inference --model M`).
+"""Inference speed as ratios measured in one run (`skinlesion bench inference --model M`).
 
 - `request_over_bare`: median of one full app request (decode + preprocess + TTA prediction + one CAM
   + overlay at the image's resolution) over the median of the bare model calls that request needs
@@ -7,8 +7,8 @@
 - `onnx_over_eager`: onnxruntime vs eager PyTorch for the same batched TTA forward (when model.onnx exists).
 - `extras_over_request`: what the features-based extras add to one request: the out-of-distribution
   score, the k nearest cases and the retrieval vote (from the features the forward already returned),
-  over the median request. Goal <= 0.10. None when the folder has neither (`skinlesion.fit_features`).
-- `folder_images_per_s`: `skinlesion.predict` over a folder of synthetic images.
+  over the median request. Goal <= 0.10. None when the folder has neither (`skinlesion fit-features`).
+- `folder_images_per_s`: `skinlesion predict` over a folder of synthetic images.
 
 Request and bare calls are interleaved repeat by repeat, so a busy shared machine slows both alike.
 Absolute times are printed for context only; compare ratios.
@@ -149,14 +149,14 @@ def run(model: str, repeats: int = 20, *, tta: str | None = None, method: str = 
         report["median_ms"].update(onnx_tta=_median_ms(onnx_t), eager_tta=_median_ms(eager_t))
         report["onnx_over_eager"] = round(statistics.median(onnx_t) / statistics.median(eager_t), 3)
     else:
-        report["onnx_over_eager"] = None  # no model.onnx: run `python -m skinlesion.export onnx --model M`
+        report["onnx_over_eager"] = None  # no model.onnx: run `skinlesion export onnx --model M`
     if folder_images > 0:
         report.update(folder_prediction(model, folder_images, batch_size=batch_size, tta=mode))
     return report
 
 
 def folder_prediction(model: str, n_images: int, *, batch_size: int, tta: str) -> dict:
-    """Images per second of `skinlesion.predict` (decode + batched TTA prediction + CSV) on synthetic JPEGs."""
+    """Images per second of `skinlesion predict` (decode + batched TTA prediction + CSV) on synthetic JPEGs."""
     from ..inference.predict_folder import PredictConfig
     from ..inference.predict_folder import run as predict_folder
 

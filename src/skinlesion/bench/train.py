@@ -1,6 +1,6 @@
 """Training throughput: the real loop against the bare step, in one process, one run.
 
-    python -m skinlesion.bench_train --model resnet18 --image-size 128 [--batch-size 64] [--steps 20] [--data PATH]
+    skinlesion bench train --model resnet18 --image-size 128 [--batch-size 64] [--steps 20] [--data PATH]
 
 Both numbers come from the code `train()` runs: `prepare_split` + `build_datasets` (decode cache) +
 `make_loader` + `build_step_state` + `train_step`. "loop" iterates the prepared DataLoader (workers,

@@ -92,4 +92,3 @@ def run(args: argparse.Namespace) -> int:
     except (DataError, ValueError, OSError, HubUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-

@@ -154,7 +154,7 @@ class RandomRot90(torch.nn.Module):
 
 def train_transform(pre: Preprocessing, aug: Augmentation) -> v2.Compose:
     # Augmentation runs per sample in DataLoader workers that share 2 CPU cores with the model, so
-    # every op here is chosen to be cheap on small uint8 tensors (see `python -m skinlesion.bench train`).
+    # every op here is chosen to be cheap on small uint8 tensors (see `skinlesion bench train`).
     ops: list = [v2.ToImage()]
     if aug.zoom_out > 0:
         ops.append(v2.RandomZoomOut(fill=0, side_range=(1.0, 1.5), p=aug.zoom_out))

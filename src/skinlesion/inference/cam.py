@@ -122,7 +122,7 @@ def cam_target(model: nn.Module) -> CamTarget:
     raise UnsupportedModelError(
         f"no CAM target layer is defined for {type(model).__name__}; supported families: ResNet, DenseNet "
         "(incl. densenet201_se), EfficientNet, MobileNetV3, ConvNeXt, ViT/DeiT, lesion_cnn. "
-        "Add the family to skinlesion.cam.cam_target."
+        "Add the family to skinlesion.inference.cam.cam_target."
     )
 
 

@@ -42,7 +42,7 @@ DEFAULT_K = 5                        # cases shown
 # 0.663 / 0.682 for the fine-tuned EfficientNet-Lite0; a tie for the ResNet-18): scripts/measure_ood.py.
 DEFAULT_VOTE_K = 20
 MAX_FILE_BYTES = 5 * 1024 * 1024
-FIX = "rebuild it with `python -m skinlesion.fit_features --model FOLDER --data DATA`"
+FIX = "rebuild it with `skinlesion fit-features --model FOLDER --data DATA`"
 
 
 class CaseIndexError(ModelFolderError):

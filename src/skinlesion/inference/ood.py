@@ -185,7 +185,7 @@ class OodDetector:
         if self.needs_features and feature_dim != self.feature_dim:
             have = "no penultimate-layer features" if feature_dim is None else f"{feature_dim}-d features"
             raise OodStatsError(f"{self.source}: statistics for {self.feature_dim}-d features, but the model has "
-                                f"{have}; refit them with `python -m skinlesion.fit_features --model FOLDER --data DATA`")
+                                f"{have}; refit them with `skinlesion fit-features --model FOLDER --data DATA`")
 
 
 def save_detector(folder: str | Path, detector: OodDetector) -> Path:
@@ -229,7 +229,7 @@ def load_detector(folder: str | Path, extras: Mapping[str, Any], *, weights_sha2
     if not entry:
         return None
     path = Path(folder) / str(entry.get("file", OOD_STATS_FILE))
-    fix = "refit with `python -m skinlesion.fit_features --model FOLDER --data DATA`"
+    fix = "refit with `skinlesion fit-features --model FOLDER --data DATA`"
     if not path.is_file():
         raise OodStatsError(f"{path}: missing, but config.json's skinlesion.{EXTRAS_KEY} names it; {fix}")
     tensors, meta = read_safetensors(path, OodStatsError)

@@ -6,7 +6,7 @@ temperature and the energy score from `calibration.py`. `forward_views_with_feat
 place logits (and the penultimate-layer features, `features.py`) are computed, for the app, the CLIs
 and evaluation alike, on PyTorch or onnxruntime; `forward_views` is its logits-only view.
 
-From the features, when the model folder has them (`python -m skinlesion.fit_features`):
+From the features, when the model folder has them (`skinlesion fit-features`):
 - the out-of-distribution detector (`ood.py`, `ood_stats.safetensors`): `Prediction.out_of_distribution`;
 - the similar-cases index (`cases.py`, `case_index.safetensors`): `Prediction.similar_cases` and the
   similarity-weighted `retrieval_vote`.
@@ -44,9 +44,9 @@ DEFAULT_UNCERTAIN_BELOW = 0.5
 # Fewer than 3 of 4 flip views agreeing with the final label means the call hinges on orientation.
 MIN_AGREEMENT = 0.75
 OOD_UNAVAILABLE = ("this model folder has no out-of-distribution statistics, so whether the image is dermoscopic "
-                   "is not checked; fit them with `python -m skinlesion.fit_features --model FOLDER --data DATA`")
+                   "is not checked; fit them with `skinlesion fit-features --model FOLDER --data DATA`")
 CASES_UNAVAILABLE = ("this model folder has no case index; build it with "
-                     "`python -m skinlesion.fit_features --model FOLDER --data DATA`")
+                     "`skinlesion fit-features --model FOLDER --data DATA`")
 
 
 @dataclass
@@ -103,8 +103,6 @@ class Explanation:
     prediction: Prediction
 
 
-
-
 class Predictor:
     """Calibrated skin-lesion classification with TTA and CAM explanations, built from a model folder."""
 
@@ -128,7 +126,7 @@ class Predictor:
             self.features_unavailable = f"{loaded.architecture}: {err}"
         if onnx_forward is not None and not onnx_forward.has_features:
             self.features_unavailable = (f"{onnx_forward.source} outputs logits only; re-export it with "
-                                         "`python -m skinlesion.export onnx --model FOLDER`")
+                                         "`skinlesion export onnx --model FOLDER`")
         self.ood_detector = ood_detector
         self.case_index = case_index
         if ood_detector is not None and ood_detector.needs_features:

@@ -131,9 +131,9 @@ def _input_size_note(train_cfg: dict, size: int) -> str:
 
 
 def _feature_extras_lines(extras: dict) -> list[str]:
-    """The out-of-distribution check and the similar-cases index, when fitted (`skinlesion.fit_features`)."""
+    """The out-of-distribution check and the similar-cases index, when fitted (`skinlesion fit-features`)."""
     detector, index = extras.get("ood_detector"), extras.get("case_index")
-    fit = "`python -m skinlesion.fit_features --model FOLDER --data DATA`"
+    fit = "`skinlesion fit-features --model FOLDER --data DATA`"
     lines = ["## Not a dermoscopic image? Similar cases", ""]
     if detector:
         lines.append(f"- `{detector.get('file')}`: out-of-distribution statistics, `{detector.get('method')}` on the "
@@ -198,7 +198,7 @@ def render_model_card(folder: str | Path) -> str:
             "",
             "Preprocessing includes Shades-of-Gray colour constancy (`skinlesion.color_constancy` in `config.json`): "
             "`Predictor` applies it; timm's own `create_transform` does not know it, so with plain timm apply "
-            "`skinlesion.transforms.ShadesOfGray` to the uint8 image before normalising.",
+            "`skinlesion.data.transforms.ShadesOfGray` to the uint8 image before normalising.",
         ] if config.get("skinlesion", {}).get("color_constancy", "none") != "none" else []),
         "",
         "## Training",

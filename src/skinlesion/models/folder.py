@@ -32,8 +32,8 @@ from . import architectures  # importing it registers our architectures with tim
 
 FORMAT_VERSION = 1
 SECTION = "skinlesion"
-# Fitted on the model's penultimate-layer features after training (`python -m skinlesion.fit_features`):
-# out-of-distribution statistics (skinlesion.ood) and the similar-cases index (skinlesion.cases).
+# Fitted on the model's penultimate-layer features after training (`skinlesion fit-features`):
+# out-of-distribution statistics (inference/ood.py) and the similar-cases index (inference/cases.py).
 OOD_STATS_FILE = "ood_stats.safetensors"
 CASE_INDEX_FILE = "case_index.safetensors"
 # Config entries that describe those files: fitted for one preprocessing and one set of weights.
@@ -121,7 +121,7 @@ def set_preprocessing(folder: str | Path, preprocessing: Preprocessing) -> dict:
 
     A temperature fitted under the old preprocessing no longer applies, so it is reset to 1 and the
     calibration record dropped: refit with `evaluate.py --fit-temperature`. The OOD statistics and
-    the case index (features of the old input) are dropped too: rebuild with `skinlesion.fit_features`.
+    the case index (features of the old input) are dropped too: rebuild with `skinlesion fit-features`.
     """
     path = Path(folder) / MODEL_CONFIG_FILE
     config = json.loads(path.read_text())

@@ -14,7 +14,7 @@ from ..constants import COLOR_CONSTANCY, DEFAULT_CROP_PCT, DEFAULT_IMAGE_SIZE, D
 LOSSES = ("ce", "weighted_ce", "focal")
 SAMPLINGS = ("plain", "balanced")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
-TTA_MODES = ("none", "flips", "full")  # names of skinlesion.tta.TTA_MODES (kept here so config needs no torch)
+TTA_MODES = ("none", "flips", "full")  # names of skinlesion.inference.tta.TTA_MODES (kept here so config needs no torch)
 
 
 @dataclass(frozen=True)
