@@ -74,7 +74,7 @@ def test_a_folder_without_stats_or_index_says_both_are_unavailable(tmp_path):
     assert a.details["out_of_distribution"] is False and a.details["ood_available"] is False
     assert logic.OOD_REFUSAL not in a.warnings
     view = logic.extras_view(a.details, None)
-    assert "unavailable" in view.ood_status and "fit_features" in view.ood_status
+    assert "unavailable" in view.ood_status and "skinlesion fit-features" in view.ood_status
     assert "unavailable" in view.cases_status and view.table == "" and not view.flagged
     ood_line, cases_line = logic.extras_intro(registry, "plain", None)
     assert "unavailable" in ood_line and "unavailable" in cases_line
