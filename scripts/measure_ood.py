@@ -18,6 +18,7 @@ PCA sizes and vote sizes, beside the softmax.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -109,10 +110,12 @@ def retrieval_rows(sets: dict[str, dict], label_names: list[str], dims_list, vot
                                   lesion_ids=list(train["groups"]), manifest_sha256="x", dims=dims)
         neighbours = index.search(queries, max(vote_ks))
         p5 = cases.precision_at_k([label_names[t] for t in y], neighbours, 5)
-        for vote_k in vote_ks:
+        for vote_k, balanced in itertools.product(vote_ks, (False, True)):
+            prior = index.class_prior if balanced else None
             votes = np.array([[v[c] for c in label_names]
-                              for v in (cases.retrieval_vote(n[:vote_k], label_names) for n in neighbours)])
-            rows.append({"dims": index.dims, "vote_k": vote_k, "precision_at_5_macro": p5["macro"],
+                              for v in (cases.retrieval_vote(n[:vote_k], label_names, prior) for n in neighbours)])
+            rows.append({"dims": index.dims, "vote_k": vote_k, "class_balanced_vote": balanced,
+                         "precision_at_5_macro": p5["macro"],
                          "vote_balanced_accuracy": float(balanced_accuracy_score(y, votes.argmax(1))),
                          "softmax_balanced_accuracy_no_tta": softmax_bal,
                          "index_mb_fp16": round(len(index) * index.dims * 2 / 2**20, 2)})

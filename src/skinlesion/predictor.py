@@ -369,7 +369,8 @@ class Predictor:
                 ood_threshold=float(detector.threshold) if detector is not None else None,
                 energy_score=float(energies[b]),
                 similar_cases=None if found is None else [c.to_dict() for c in found[:self.cases_k]],
-                retrieval_vote=None if found is None else cases.retrieval_vote(found[:self.vote_k], names),
+                retrieval_vote=None if found is None else cases.retrieval_vote(found[:self.vote_k], names,
+                                                                                prior=self.case_index.class_prior),
                 model_input=model_inputs[b] if model_inputs is not None else None,
             ))
         return results
