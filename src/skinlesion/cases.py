@@ -114,8 +114,12 @@ class CaseIndex:
                                  f"model has {have}; {FIX}")
 
     def embed(self, features: Tensor) -> Tensor:
-        """(B, D) penultimate-layer features -> (B, d) unit vectors in the index's space."""
-        return l2_normalise((l2_normalise(features) - self.centre) @ self.components)
+        """(B, D) penultimate-layer features -> (B, d) unit vectors in the index's space. Wider features
+        (the OOD detector's tapped statistics after the D penultimate values) use their first D columns."""
+        if features.shape[-1] < self.feature_dim:
+            raise CaseIndexError(f"{self.source or CASE_INDEX_FILE}: {features.shape[-1]}-d features for an index "
+                                 f"of {self.feature_dim}-d ones; {FIX}")
+        return l2_normalise((l2_normalise(features[..., :self.feature_dim]) - self.centre) @ self.components)
 
     def similarities(self, features: Tensor) -> Tensor:
         """(B, D) features -> (B, N) cosine similarities to every indexed case."""

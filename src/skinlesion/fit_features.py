@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from . import cases, ood
+from . import features as feature_split
 from .constants import MANIFEST_FILE, MODEL_WEIGHTS_FILE
 from .data import DataError, LesionTable, load_table, read_manifest, select_split
 from .data.sources import LAYOUTS, find_ham_csv
@@ -51,6 +52,7 @@ class FitFeaturesConfig:
     ood_method: str = ood.DEFAULT_METHOD    # one of ood.METHODS
     ood_quantile: float = ood.DEFAULT_QUANTILE  # share of validation images the threshold flags
     knn_k: int = ood.DEFAULT_KNN_K          # k of the knn method
+    ood_taps: tuple[str, ...] = ()          # mahalanobis+layers: modules whose statistics it models
     build_index: bool = True                # build the case index
     index_dims: int = cases.DEFAULT_DIMS    # PCA dimensions of the index vectors
     batch_size: int = 64
@@ -133,7 +135,10 @@ def run(cfg: FitFeaturesConfig) -> dict:
         raise ModelFolderError(f"{folder}: not a local model folder (fit_features writes into it)")
     started = time.perf_counter()
     # use_onnx=False: features from the eager model, which every other path is checked against.
-    predictor = Predictor.from_pretrained(folder, use_onnx=False, tta="none")
+    if (cfg.ood_method == "mahalanobis+layers") != bool(cfg.ood_taps):
+        raise ValueError("--ood-taps (module names, e.g. `blocks.5 blocks.6` for EfficientNet/MobileNet, `layer3 "
+                         "layer4` for ResNet) goes with --ood-method mahalanobis+layers, and only with it")
+    predictor = Predictor.from_pretrained(folder, use_onnx=False, tta="none", taps=cfg.ood_taps)
     if predictor.features_unavailable is not None:
         raise ModelFolderError(f"{folder}: no penultimate-layer features ({predictor.features_unavailable})")
     weights_sha = file_sha256(folder / MODEL_WEIGHTS_FILE)
@@ -149,8 +154,9 @@ def run(cfg: FitFeaturesConfig) -> dict:
               "command": cfg.command}
     if cfg.fit_ood:
         val = split_features(predictor, subsample(select_split(table, manifest, "val"), cfg.limit, cfg.seed), cfg)
+        widths = feature_split.tap_widths(predictor.loaded.model, predictor.preprocessing.input_size, cfg.ood_taps)
         stats, params = ood.fit_stats(cfg.ood_method, train.features, train.targets, len(labels), knn_k=cfg.knn_k,
-                                      temperature=predictor.loaded.temperature)
+                                      temperature=predictor.loaded.temperature, taps=cfg.ood_taps, tap_dims=widths)
         stats = ood.calibrate(cfg.ood_method, stats, params, val.features, val.logits)
         val_scores = ood.score(cfg.ood_method, stats, params, val.features, val.logits)
         detector = ood.OodDetector(method=cfg.ood_method, threshold=ood.threshold_at(val_scores, cfg.ood_quantile),
@@ -165,7 +171,8 @@ def run(cfg: FitFeaturesConfig) -> dict:
         update_extras(folder, **{ood.EXTRAS_KEY: entry})
         summary["ood"] = entry
     if cfg.build_index:
-        index = cases.build_index(train.features, image_ids=[str(i) for i in train.frame["image_id"]],
+        # The index holds the penultimate features only (the OOD taps' statistics follow them).
+        index = cases.build_index(train.features[:, :predictor.feature_dim], image_ids=[str(i) for i in train.frame["image_id"]],
                                   labels=[str(x) for x in train.frame["label"]], dx_types=dx_types(
                                       LesionTable(frame=train.frame, layout=table.layout, root=table.root)),
                                   lesion_ids=[None if g is None else str(g) for g in train.frame["group"]],
@@ -204,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ood-quantile", type=float, default=ood.DEFAULT_QUANTILE,
                    help="share of VALIDATION images below the threshold (the expected false-flag rate)")
     g.add_argument("--knn-k", type=int, default=ood.DEFAULT_KNN_K, help="k of --ood-method knn / mahalanobis+knn")
+    g.add_argument("--ood-taps", nargs="+", default=[], metavar="MODULE",
+                   help="--ood-method mahalanobis+layers: modules whose spatial mean/std per channel it also "
+                        "models, e.g. blocks.5 blocks.6")
     g = parser.add_argument_group("similar-cases index")
     g.add_argument("--index", action=argparse.BooleanOptionalAction, default=True, help="build the case index")
     g.add_argument("--index-dims", type=int, default=cases.DEFAULT_DIMS, help="PCA dimensions of the index")
@@ -218,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace, argv: list[str] | None = None) -> FitFeaturesConfig:
     return FitFeaturesConfig(model=args.model, data=args.data, manifest=args.manifest, layout=args.layout,
                              label_map=parse_label_map(args.label_map), fit_ood=args.ood, ood_method=args.ood_method,
-                             ood_quantile=args.ood_quantile, knn_k=args.knn_k, build_index=args.index,
+                             ood_quantile=args.ood_quantile, knn_k=args.knn_k, ood_taps=tuple(args.ood_taps), build_index=args.index,
                              index_dims=args.index_dims, batch_size=args.batch_size, workers=args.workers,
                              limit=args.limit, seed=args.seed, save_features=args.save_features,
                              progress=args.progress,
