@@ -244,10 +244,12 @@ class Predictor:
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | Path, revision: str | None = None,
                         device: str | torch.device | None = None, tta: str | None = None,
-                        use_onnx: bool | None = None, taps: Sequence[str] | None = None) -> Predictor:
+                        use_onnx: bool | None = None, taps: Sequence[str] | None = None,
+                        feature_extras: bool = True) -> Predictor:
         """Load a model folder or Hub id (revision pinned). `use_onnx`: None = use model.onnx when present
         and onnxruntime is installed (CPU only), True = require it, False = always PyTorch. `taps`: modules
-        whose statistics the features carry (default: what the folder's OOD detector taps)."""
+        whose statistics the features carry (default: what the folder's OOD detector taps).
+        `feature_extras=False` skips the folder's OOD statistics and case index (for refitting them)."""
         folder = resolve_folder(path_or_hub_id, revision)
         loaded = load_model_folder(folder, device=device)
         loaded.source = str(path_or_hub_id)
@@ -255,7 +257,7 @@ class Predictor:
         onnx_forward = None
         if _want_onnx(folder, use_onnx, dev):
             onnx_forward = OnnxForward(folder / ONNX_FILE, folder / MODEL_WEIGHTS_FILE)
-        detector, index = load_feature_extras(folder, loaded)
+        detector, index = load_feature_extras(folder, loaded) if feature_extras else (None, None)
         return cls(loaded, tta=tta, device=dev, onnx_forward=onnx_forward, ood_detector=detector, case_index=index,
                    taps=taps)
 
