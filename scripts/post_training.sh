@@ -11,7 +11,7 @@
 # OOD_ARGS defaults to the method chosen in README "Not a dermoscopic image?".
 set -euo pipefail
 FOLDER=$1 HAM=$2 EXTERNAL=$3 SIZES=$4 OOD_ROOT=$5
-OOD_ARGS=${OOD_ARGS:-"--ood-method mahalanobis+layers --ood-taps blocks.5 blocks.6 --ood-quantile 0.02"}
+OOD_ARGS=${OOD_ARGS:-"--ood-method mahalanobis+layers --ood-taps blocks.4 blocks.5 blocks.6 --ood-quantile 0.01"}
 STEP=${STEP:-all}   # all, or one of: size temperature measure fit report
 PY=${PY:-python}
 OUT=${OUT:-runs/post_$(basename "$FOLDER")}
