@@ -11,6 +11,12 @@ computed once and cached in --out (features and logits only, never pixels). Then
 (energy, Mahalanobis on raw or L2-normalised features, k-NN cosine at several k) fitted on TRAIN with
 its threshold at a quantile of VAL: the share of each OOD folder flagged, the false flags on the HAM10000
 test split and on the external set, and the threshold-free AUROC of each folder against the test split.
+With `--taps` the features also carry those modules' spatial mean/std per channel (`features.py`), and
+`mahalanobis+layers` is tried with each tap alone and with each `--combos` set. A candidate that keys on
+HOW an image was taken (resolution, sharpness, JPEG) rather than WHAT it shows would flag other clinics'
+dermoscopy, which the check must pass; so every candidate is also scored on `val_camera_shift`: the
+validation images squashed to 256 x 256, sharpened and re-encoded as JPEG 70 (another camera, simulated
+from the validation split alone), whose false flags should stay near the quantile.
 For the case index: precision@5 and the retrieval vote's balanced accuracy on VAL queries for several
 PCA sizes and vote sizes, beside the softmax.
 """
@@ -18,11 +24,13 @@ PCA sizes and vote sizes, beside the softmax.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageFilter
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from skinlesion.constants import MANIFEST_FILE
@@ -30,6 +38,7 @@ from skinlesion.data import load_table, read_manifest, select_split
 from skinlesion.evaluation.ood_retrieval import folder_features
 from skinlesion.evaluation.view_logits import collect_view_logits
 from skinlesion.inference import cases, ood
+from skinlesion.inference import features as feature_split
 from skinlesion.inference.predictor import Predictor
 from skinlesion.models.folder import file_sha256
 
@@ -45,6 +54,43 @@ def cached(out: Path, name: str, compute) -> dict[str, np.ndarray]:
     arrays = compute()
     np.savez_compressed(path, **arrays)
     return arrays
+
+
+def camera_shift(path: str) -> Image.Image:
+    """A validation image as another camera and pipeline might deliver it: squashed to a 256 x 256 square
+    (as ISIC releases are), unsharp-masked, JPEG quality 70."""
+    import io
+
+    image = Image.open(path).convert("RGB").resize((256, 256), Image.BICUBIC)
+    image = image.filter(ImageFilter.UnsharpMask(radius=2, percent=120, threshold=2))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=70)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+def shifted_arrays(predictor, table, batch_size: int) -> dict[str, np.ndarray]:
+    paths = [str(p) for p in table.frame["path"]]
+    feats = []
+    for start in range(0, len(paths), batch_size):
+        x = torch.stack([predictor.preprocess(camera_shift(p))[0] for p in paths[start:start + batch_size]])
+        logits, f = predictor.forward_views_with_features(x, "none")
+        feats.append((logits[0], f))
+    return {"features": torch.cat([f for _, f in feats]).numpy(), "logits": torch.cat([lg for lg, _ in feats]).numpy()}
+
+
+def candidates(taps: list[str], combos: list[list[str]]) -> list[tuple[str, dict]]:
+    layers = [[t] for t in taps] + [c for c in combos if len(c) > 1]
+    return CANDIDATES + [("mahalanobis+layers", {"taps": c}) for c in layers]
+
+
+def columns_for(kwargs: dict, dim: int, taps: list[str], widths: list[int]) -> tuple[np.ndarray, dict]:
+    """Feature columns a candidate sees (penultimate [+ its taps' statistics]) and its fit_stats kwargs."""
+    if "taps" not in kwargs:
+        return np.arange(dim), kwargs
+    offsets = np.cumsum([dim] + widths)
+    cols = [np.arange(dim)] + [np.arange(offsets[taps.index(t)], offsets[taps.index(t) + 1]) for t in kwargs["taps"]]
+    return np.concatenate(cols), {"taps": kwargs["taps"], "tap_dims": [widths[taps.index(t)] for t in kwargs["taps"]]}
 
 
 def table_arrays(predictor, table, limit: int, seed: int, batch_size: int, workers: int) -> dict[str, np.ndarray]:
@@ -63,21 +109,25 @@ def folder_arrays(predictor, folder: Path, batch_size: int) -> dict[str, np.ndar
 
 
 def detector_rows(sets: dict[str, dict], ood_names: list[str], external: str | None, n_classes: int,
-                  temperature: float) -> list[dict]:
+                  temperature: float, dim: int, taps: list[str], widths: list[int],
+                  combos: list[list[str]]) -> list[dict]:
     train = sets["train"]
     rows = []
-    for method, kwargs in CANDIDATES:
-        stats, params = ood.fit_stats(method, torch.from_numpy(train["features"]), torch.from_numpy(train["targets"]),
-                                      n_classes, temperature=temperature, **kwargs)
-        stats = ood.calibrate(method, stats, params, torch.from_numpy(sets["val"]["features"]),
+    for method, kwargs in candidates(taps, combos):
+        cols, fit_kwargs = columns_for(kwargs, dim, taps, widths)
+        stats, params = ood.fit_stats(method, torch.from_numpy(train["features"][:, cols]),
+                                      torch.from_numpy(train["targets"]), n_classes, temperature=temperature,
+                                      **fit_kwargs)
+        stats = ood.calibrate(method, stats, params, torch.from_numpy(sets["val"]["features"][:, cols]),
                               torch.from_numpy(sets["val"]["logits"]))
 
-        def scores(arrays, method=method, stats=stats, params=params):
-            return ood.score(method, stats, params, torch.from_numpy(arrays["features"]),
+        def scores(arrays, method=method, stats=stats, params=params, cols=cols):
+            return ood.score(method, stats, params, torch.from_numpy(arrays["features"][:, cols]),
                              torch.from_numpy(arrays["logits"])).numpy()
 
         s = {name: scores(arrays) for name, arrays in sets.items() if name != "train"}
-        name = method + (f"_k{kwargs['knn_k']}" if "knn_k" in kwargs else "")
+        name = method + (f"_k{kwargs['knn_k']}" if "knn_k" in kwargs else "") + \
+            (f"[{','.join(kwargs['taps'])}]" if "taps" in kwargs else "")
         auroc = {}  # threshold-free: how well the score separates each folder from the HAM10000 test split
         for folder in ood_names:
             y = np.r_[np.zeros(len(s["test"])), np.ones(len(s[folder]))]
@@ -86,7 +136,8 @@ def detector_rows(sets: dict[str, dict], ood_names: list[str], external: str | N
             threshold = ood.threshold_at(s["val"], q)
             row = {"method": name, "quantile": q, "threshold": threshold, "auroc": auroc,
                    "worst_auroc": min(auroc.values()),
-                   "ham_test_false_flags": float((s["test"] < threshold).mean())}
+                   "ham_test_false_flags": float((s["test"] < threshold).mean()),
+                   "val_camera_shift_false_flags": float((s["val_camera_shift"] < threshold).mean())}
             if external:
                 row["external_false_flags"] = float((s[external] < threshold).mean())
             for folder in ood_names:
@@ -98,9 +149,9 @@ def detector_rows(sets: dict[str, dict], ood_names: list[str], external: str | N
     return rows
 
 
-def retrieval_rows(sets: dict[str, dict], label_names: list[str], dims_list, vote_ks) -> list[dict]:
+def retrieval_rows(sets: dict[str, dict], label_names: list[str], dims_list, vote_ks, dim: int) -> list[dict]:
     train, val = sets["train"], sets["val"]
-    feats = torch.from_numpy(train["features"])
+    feats = torch.from_numpy(train["features"][:, :dim])
     queries = torch.from_numpy(val["features"])
     y = val["targets"]
     rows = []
@@ -111,10 +162,12 @@ def retrieval_rows(sets: dict[str, dict], label_names: list[str], dims_list, vot
                                   lesion_ids=list(train["groups"]), manifest_sha256="x", dims=dims)
         neighbours = index.search(queries, max(vote_ks))
         p5 = cases.precision_at_k([label_names[t] for t in y], neighbours, 5)
-        for vote_k in vote_ks:
+        for vote_k, balanced in itertools.product(vote_ks, (False, True)):
+            prior = index.class_prior if balanced else None
             votes = np.array([[v[c] for c in label_names]
-                              for v in (cases.retrieval_vote(n[:vote_k], label_names) for n in neighbours)])
-            rows.append({"dims": index.dims, "vote_k": vote_k, "precision_at_5_macro": p5["macro"],
+                              for v in (cases.retrieval_vote(n[:vote_k], label_names, prior) for n in neighbours)])
+            rows.append({"dims": index.dims, "vote_k": vote_k, "class_balanced_vote": balanced,
+                         "precision_at_5_macro": p5["macro"],
                          "vote_balanced_accuracy": float(balanced_accuracy_score(y, votes.argmax(1))),
                          "softmax_balanced_accuracy_no_tta": softmax_bal,
                          "index_mb_fp16": round(len(index) * index.dims * 2 / 2**20, 2)})
@@ -122,7 +175,7 @@ def retrieval_rows(sets: dict[str, dict], label_names: list[str], dims_list, vot
 
 
 def markdown(rows: list[dict], ood_names: list[str], external: str | None) -> str:
-    cols = ["method", "quantile", "ham_test_false_flags"] + (["external_false_flags"] if external else []) + \
+    cols = ["method", "quantile", "ham_test_false_flags", "val_camera_shift_false_flags"] + (["external_false_flags"] if external else []) + \
         [f"flag:{f}" for f in ood_names] + ["flag:all_ood", "worst_auroc"]
     lines = ["| " + " | ".join(c.replace("flag:", "") for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -142,11 +195,23 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--dims", type=int, nargs="+", default=[64, 128, 256, 100000])
     parser.add_argument("--vote-k", type=int, nargs="+", default=[5, 10, 20])
+    parser.add_argument("--taps", nargs="+", default=[], metavar="MODULE",
+                        help="modules whose statistics the features carry, e.g. blocks.0 ... blocks.6")
+    parser.add_argument("--combos", nargs="+", default=[], metavar="A,B",
+                        help="tap sets tried together by mahalanobis+layers, e.g. blocks.5,blocks.6")
     args = parser.parse_args()
+    combos = [c.split(",") for c in args.combos]
+    unknown = sorted({t for c in combos for t in c} - set(args.taps))
+    if unknown:
+        parser.error(f"--combos names modules not in --taps: {unknown}")
 
-    predictor = Predictor.from_pretrained(args.model, use_onnx=False, tta="none")
+    predictor = Predictor.from_pretrained(args.model, use_onnx=False, tta="none", taps=args.taps,
+                                          feature_extras=False)
+    widths = feature_split.tap_widths(predictor.loaded.model, predictor.preprocessing.input_size, args.taps)
     folder = Path(args.model)
     cache = args.out / file_sha256(folder / "model.safetensors")[:12] / (f"limit{args.limit}" if args.limit else "all")
+    if args.taps:  # features carry the taps' statistics: a cache of its own
+        cache = cache / ("taps-" + "-".join(args.taps))
     cache.mkdir(parents=True, exist_ok=True)
     ham = load_table(args.data)
     manifest = read_manifest(folder / MANIFEST_FILE)
@@ -154,6 +219,8 @@ def main() -> None:
     for split in ("train", "val", "test"):
         sets[split] = cached(cache, split, lambda split=split: table_arrays(
             predictor, select_split(ham, manifest, split), args.limit, 0, args.batch_size, args.workers))
+    sets["val_camera_shift"] = cached(cache, "val_camera_shift", lambda: shifted_arrays(
+        predictor, select_split(ham, manifest, "val"), args.batch_size))
     external = None
     if args.external:
         external = Path(args.external).name
@@ -164,10 +231,12 @@ def main() -> None:
         sets[name] = cached(cache, f"ood_{name}", lambda name=name: folder_arrays(
             predictor, args.ood_root / name, args.batch_size))
     labels = list(predictor.label_names)
-    rows = detector_rows(sets, ood_names, external, len(labels), predictor.loaded.temperature)
-    retrieval = retrieval_rows(sets, labels, args.dims, args.vote_k)
+    dim = int(predictor.feature_dim)
+    rows = detector_rows(sets, ood_names, external, len(labels), predictor.loaded.temperature, dim, args.taps,
+                         widths, combos)
+    retrieval = retrieval_rows(sets, labels, args.dims, args.vote_k, dim)
     result = {"model": str(args.model), "architecture": predictor.loaded.architecture,
-              "feature_dim": predictor.feature_dim, "n": {k: int(len(v["features"])) for k, v in sets.items()},
+              "feature_dim": predictor.feature_dim, "taps": dict(zip(args.taps, widths, strict=True)), "n": {k: int(len(v["features"])) for k, v in sets.items()},
               "detectors": rows, "retrieval": retrieval}
     (args.out / "measure_ood.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(rows, ood_names, external)

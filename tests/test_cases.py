@@ -118,6 +118,30 @@ def test_retrieval_vote_is_the_similarity_weighted_class_share():
     assert sum(vote.values()) == pytest.approx(1.0)
 
 
+
+def test_class_prior_counts_lesions_and_the_balanced_vote_divides_by_it():
+    # Three nv lesions (one with two images) and one mel lesion: the prior counts lesions, not images.
+    index = hand_index([[1, 0], [0.99, 0.14], [0.9, 0.43], [0.8, 0.6], [0, 1]],
+                       ["L1", "L1", "L2", "L3", "L4"], ["nv", "nv", "nv", "nv", "mel"])
+    assert index.class_prior == pytest.approx({"nv": 0.75, "mel": 0.25})
+    found = [cases.Case("a", "nv", 0.6), cases.Case("b", "mel", 0.3)]
+    plain = cases.retrieval_vote(found, ["mel", "nv"])
+    balanced = cases.retrieval_vote(found, ["mel", "nv"], prior=index.class_prior)
+    assert plain == pytest.approx({"mel": 1 / 3, "nv": 2 / 3})
+    # mel's weight 0.3 / 0.25 = 1.2 against nv's 0.6 / 0.75 = 0.8: the rarer class wins the tie-break
+    assert balanced == pytest.approx({"mel": 0.6, "nv": 0.4})
+
+
+def test_prediction_and_evaluation_use_the_class_balanced_vote(fitted):
+    predictor = Predictor.from_pretrained(fitted.folder)
+    image = synthetic_lesion(4321, (120, 90), label=2)
+    pred = predictor.predict(image)
+    _, features = predictor.forward_views_with_features(predictor.preprocess(image)[0][None], "none")
+    nearest = predictor.nearest_cases(features)[0]
+    expected = cases.retrieval_vote(nearest[:predictor.vote_k], list(predictor.label_names),
+                                    prior=predictor.case_index.class_prior)
+    assert pred.retrieval_vote == pytest.approx(expected)
+
 def test_prediction_carries_cases_and_a_vote_beside_the_softmax(fitted):
     predictor = Predictor.from_pretrained(fitted.folder)
     pred = predictor.predict(synthetic_lesion(4321, (120, 90), label=2))

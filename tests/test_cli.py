@@ -165,7 +165,9 @@ README_COMMAND = re.compile(r"^\s+(?:nice -n 19 )?(skinlesion [^#]+?)\s*(?:#.*)?
 
 
 def readme_commands() -> list[str]:
-    return [m.group(1) for line in (REPO / "README.md").read_text().splitlines() if (m := README_COMMAND.match(line))]
+    # A command continued with a trailing backslash is one command.
+    text = re.sub(r"\\\n\s*", " ", (REPO / "README.md").read_text())
+    return [m.group(1) for line in text.splitlines() if (m := README_COMMAND.match(line))]
 
 
 def test_readme_shows_every_command_in_the_new_spelling():

@@ -271,3 +271,110 @@ def test_a_logits_only_onnx_file_is_refused_when_the_folder_needs_features(fitte
     with pytest.raises(ModelFolderError, match=r"model\.onnx outputs logits only; re-export"):
         Predictor.from_pretrained(fitted_copy)
     assert Predictor.from_pretrained(fitted_copy, use_onnx=False).ood_detector is not None
+
+
+# -- mahalanobis+layers: the tapped blocks' statistics, from the same forward ---------------------------
+
+TAPS = ("stages.2", "stages.3")
+
+
+def test_taps_append_each_modules_spatial_mean_and_std_and_leave_no_hooks(fitted):
+    model = Predictor.from_pretrained(fitted.folder).loaded.model
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        logits, plain = feature_split.split_forward(model, x)
+        tapped_logits, tapped = feature_split.split_forward(model, x, TAPS)
+        stage2 = model.stages[2](model.stages[1](model.stages[0](x)))
+        stage3 = model.stages[3](stage2)
+    torch.testing.assert_close(tapped_logits, logits)
+    torch.testing.assert_close(tapped[:, :16], plain)  # the penultimate part is unchanged
+    expected = torch.cat([feature_split.tap_statistics(stage2), feature_split.tap_statistics(stage3)], dim=1)
+    torch.testing.assert_close(tapped[:, 16:], expected)
+    assert expected.shape[1] == 2 * 16 + 2 * 32  # mean and std per channel, widths [8, 16, 16, 32]
+    assert feature_split.tap_widths(model, 64, TAPS) == [32, 64]
+    assert all(not m._forward_hooks for m in model.modules())
+    with pytest.raises(feature_split.FeatureSplitError, match="no module 'blocks.9'"):
+        feature_split.split_forward(model, x, ["blocks.9"])
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_layers_method_flags_what_only_a_tapped_block_sees():
+    gen = torch.Generator().manual_seed(3)
+    labels = torch.arange(300) % 2
+    penultimate = torch.tensor([[3.0, 0, 0], [0, 3.0, 0]])[labels] + 0.3 * torch.randn(300, 3, generator=gen)
+    tap = 0.3 * torch.randn(300, 2, generator=gen)
+    feats = torch.cat([penultimate, tap], dim=1)
+    stats, params = ood.fit_stats("mahalanobis+layers", feats[:200], labels[:200], 2, taps=["b"], tap_dims=[2])
+    assert params["penultimate_dim"] == 3 and params["taps"] == ["b"]
+    stats = ood.calibrate("mahalanobis+layers", stats, params, feats[200:])
+    assert stats["val_scores"].shape == (2, 100)
+    typical = feats[:2].clone()
+    odd_texture = typical.clone()
+    odd_texture[:, 3:] = 5.0  # typical class features, but a block's statistics far from the training images
+    s_typical = ood.score("mahalanobis+layers", stats, params, typical, None)
+    s_odd = ood.score("mahalanobis+layers", stats, params, odd_texture, None)
+    assert s_odd.max() < s_typical.min()
+    assert torch.equal(ood.score("mahalanobis", stats, params, odd_texture[:, :3], None),
+                       ood.score("mahalanobis", stats, params, typical[:, :3], None))  # the penultimate part alone misses it
+    with pytest.raises(ValueError, match="taps"):
+        ood.fit_stats("mahalanobis+layers", feats, labels, 2)
+
+
+@pytest.fixture(scope="module")
+def layers_fitted(tmp_path_factory):
+    return make_fitted(tmp_path_factory.mktemp("layers"), ood_method="mahalanobis+layers", ood_taps=TAPS)
+
+
+def test_a_layers_detector_round_trips_and_taps_on_every_path(layers_fitted, tmp_path):
+    from skinlesion.inference import onnx_export as export
+
+    predictor = Predictor.from_pretrained(layers_fitted.folder, use_onnx=False)
+    assert predictor.taps == TAPS and predictor.feature_dim == 16 and predictor.ood_feature_dim == 16 + 96
+    assert predictor.ood_detector.method == "mahalanobis+layers"
+    assert predictor.ood_detector.stats["val_scores"].shape[0] == 3
+    assert predictor.predict(synthetic_lesion(1234, (120, 90), label=1)).out_of_distribution is False
+    flagged = [predictor.predict(img).out_of_distribution for img in non_lesion_images().values()]
+    assert sum(flagged) >= 3
+    lesion = predictor.predict(synthetic_lesion(7, (120, 90), label=0))
+    assert len(lesion.similar_cases) == 5  # the index reads the first 16 columns of the wider features
+    folder = shutil.copytree(layers_fitted.folder, tmp_path / "model")
+    assert export.export_onnx(folder).max_rel_feature_diff < 1e-3
+    fast = Predictor.from_pretrained(folder)
+    assert fast.backend == "onnxruntime" and fast.ood_feature_dim == 112
+    images = [synthetic_lesion(7, (120, 90), label=0)] + list(non_lesion_images().values())
+    for a, b in zip(fast.predict(images), predictor.predict(images), strict=True):
+        assert a.out_of_distribution == b.out_of_distribution
+        assert a.ood_score == pytest.approx(b.ood_score, rel=1e-3, abs=1e-3)
+
+
+def test_a_stale_onnx_export_without_the_taps_is_refused(layers_fitted, fitted, tmp_path):
+    from skinlesion.inference import onnx_export as export
+
+    folder = shutil.copytree(layers_fitted.folder, tmp_path / "model")
+    plain = shutil.copytree(fitted.folder, tmp_path / "plain")
+    export.export_onnx(plain)  # same weights (write_tiny_model's seed), features without the taps
+    shutil.copy(plain / "model.onnx", folder / "model.onnx")
+    with pytest.raises(ModelFolderError, match="outputs 16 feature values but this folder needs 112"):
+        Predictor.from_pretrained(folder, use_onnx=True)
+
+
+def test_layers_statistics_with_a_wrong_tap_width_are_refused(layers_fitted, tmp_path):
+    folder = shutil.copytree(layers_fitted.folder, tmp_path / "model")
+    path = folder / "ood_stats.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    tensors["tap1_means"] = tensors["tap1_means"][:, :-2].contiguous()
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(ood.OodStatsError, match="tap1_means"):
+        Predictor.from_pretrained(folder)
+
+
+def test_fit_features_wants_taps_exactly_with_the_layers_method(fitted, tmp_path):
+    from skinlesion.training import fit_features
+
+    with pytest.raises(ValueError, match="--ood-taps"):
+        fit_features.run(fit_features.FitFeaturesConfig(model=str(fitted.folder), data=str(fitted.data),
+                                                        ood_method="mahalanobis+layers"))
+    with pytest.raises(ValueError, match="--ood-taps"):
+        fit_features.run(fit_features.FitFeaturesConfig(model=str(fitted.folder), data=str(fitted.data),
+                                                        ood_method="mahalanobis", ood_taps=TAPS))

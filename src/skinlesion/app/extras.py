@@ -96,7 +96,8 @@ def cases_table_markdown(found: Sequence[dict[str, Any]]) -> str:
 
 def vote_markdown(vote: dict[str, float], probs: dict[str, float]) -> str:
     order = sorted(vote, key=lambda c: (vote[c], probs.get(c, 0.0)), reverse=True)[:TOP_K]
-    return ("**Retrieval vote** (similarity-weighted diagnoses of the nearest confirmed lesions): "
+    return ("**Retrieval vote** (diagnoses of the nearest confirmed lesions, weighted by similarity, every class "
+            "counted as equally common, like the softmax): "
             + ", ".join(f"{label_key(c)} {pct(vote[c])}" for c in order)
             + ". **Calibrated softmax**: " + ", ".join(f"{label_key(c)} {pct(probs[c])}"
                                                        for c in sorted(probs, key=probs.get, reverse=True)[:TOP_K]))

@@ -112,7 +112,7 @@ def run(model: str, repeats: int = 20, *, tta: str | None = None, method: str = 
         predictor.ood_scores(view_logits, features)
         found = predictor.nearest_cases(features)
         if found is not None:
-            cases.retrieval_vote(found[0][:predictor.vote_k], predictor.label_names)
+            cases.retrieval_vote(found[0][:predictor.vote_k], predictor.label_names, prior=predictor.case_index.class_prior)
 
     for _ in range(warmup):
         request(), bare_tta(), bare_cam(), sequential_tta(), extras()

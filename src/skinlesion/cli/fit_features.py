@@ -43,6 +43,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     g.add_argument("--ood-quantile", type=float, default=ood.DEFAULT_QUANTILE,
                    help="share of VALIDATION images below the threshold (the expected false-flag rate)")
     g.add_argument("--knn-k", type=int, default=ood.DEFAULT_KNN_K, help="k of --ood-method knn / mahalanobis+knn")
+    g.add_argument("--ood-taps", nargs="+", default=[], metavar="MODULE",
+                   help="--ood-method mahalanobis+layers: modules whose spatial mean/std per channel it also "
+                        "models, e.g. blocks.5 blocks.6")
     g = parser.add_argument_group("similar-cases index")
     g.add_argument("--index", action=argparse.BooleanOptionalAction, default=True, help="build the case index")
     g.add_argument("--index-dims", type=int, default=cases.DEFAULT_DIMS, help="PCA dimensions of the index")
@@ -58,7 +61,8 @@ def config_from_args(args: argparse.Namespace) -> fit_features.FitFeaturesConfig
     return fit_features.FitFeaturesConfig(
         model=args.model, data=args.data, manifest=args.manifest, layout=args.layout,
         label_map=parse_label_map(args.label_map), fit_ood=args.ood, ood_method=args.ood_method,
-        ood_quantile=args.ood_quantile, knn_k=args.knn_k, build_index=args.index, index_dims=args.index_dims,
+        ood_quantile=args.ood_quantile, knn_k=args.knn_k, ood_taps=tuple(args.ood_taps),
+        build_index=args.index, index_dims=args.index_dims,
         batch_size=args.batch_size, workers=args.workers, limit=args.limit, seed=args.seed,
         save_features=args.save_features, progress=args.progress, command=getattr(args, "invocation", None))
 

@@ -92,7 +92,8 @@ def retrieval_report(predictor, view_logits: torch.Tensor, features: torch.Tenso
     labels = list(predictor.label_names)
     vote_k = predictor.vote_k
     neighbours = index.search(features, max(k, vote_k), exclude=exclude)
-    vote = np.array([[v[c] for c in labels] for v in (cases.retrieval_vote(n[:vote_k], labels) for n in neighbours)])
+    vote = np.array([[v[c] for c in labels] for v in (cases.retrieval_vote(n[:vote_k], labels, prior=index.class_prior)
+                                                       for n in neighbours)])
     softmax = calibration.calibrated_probs(view_logits, temperature).numpy()
     y = targets.numpy()
     return {"available": True, "index_size": len(index), "excluded_from_index": int(exclude.sum()),

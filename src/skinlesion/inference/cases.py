@@ -8,7 +8,10 @@ a dot product is a cosine similarity. With each vector: image id, label, HAM1000
 (histo / follow_up / consensus / confocal) and `lesion_id` when known. No pixels.
 
 A query returns the k nearest *lesions*: several images of one lesion count once (the most similar
-one is kept). The retrieval vote is the similarity-weighted share of each class among them.
+one is kept). The retrieval vote is the similarity-weighted share of each class among them, each
+case's weight divided by its class's share of the index's lesions: the index inherits the training
+split's mix (two thirds nevi), while the network was trained with class-balanced sampling, so an
+unweighted vote answers under another prior than the softmax beside it (and says "nevus" too often).
 
 The file (`case_index.safetensors`) records the sha256 of the split manifest and of the weights it
 was built with; the Predictor refuses an index whose manifest hash differs from the model folder's:
@@ -77,6 +80,7 @@ class CaseIndex:
     manifest_sha256: str
     weights_sha256: str = ""
     source: str = ""                 # file it was read from (error messages)
+    class_prior: dict[str, float] = field(init=False, repr=False)  # share of the indexed lesions per label
     _group_codes: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -88,6 +92,9 @@ class CaseIndex:
         groups = [lesion or f"image:{image}" for lesion, image in zip(self.lesion_ids, self.image_ids, strict=True)]
         _, codes = np.unique(np.asarray(groups, dtype=object), return_inverse=True)
         self._group_codes = codes.astype(np.int64)
+        first_of_group = np.unique(self._group_codes, return_index=True)[1]
+        lesion_labels = [self.labels[i] for i in first_of_group]
+        self.class_prior = {label: lesion_labels.count(label) / len(lesion_labels) for label in set(lesion_labels)}
 
     @property
     def feature_dim(self) -> int:
@@ -107,8 +114,12 @@ class CaseIndex:
                                  f"model has {have}; {FIX}")
 
     def embed(self, features: Tensor) -> Tensor:
-        """(B, D) penultimate-layer features -> (B, d) unit vectors in the index's space."""
-        return l2_normalise((l2_normalise(features) - self.centre) @ self.components)
+        """(B, D) penultimate-layer features -> (B, d) unit vectors in the index's space. Wider features
+        (the OOD detector's tapped statistics after the D penultimate values) use their first D columns."""
+        if features.shape[-1] < self.feature_dim:
+            raise CaseIndexError(f"{self.source or CASE_INDEX_FILE}: {features.shape[-1]}-d features for an index "
+                                 f"of {self.feature_dim}-d ones; {FIX}")
+        return l2_normalise((l2_normalise(features[..., :self.feature_dim]) - self.centre) @ self.components)
 
     def similarities(self, features: Tensor) -> Tensor:
         """(B, D) features -> (B, N) cosine similarities to every indexed case."""
@@ -194,15 +205,23 @@ def build_index(features: Tensor, *, image_ids: Sequence[str], labels: Sequence[
                      lesion_ids=list(lesion_ids), manifest_sha256=manifest_sha256, weights_sha256=weights_sha256)
 
 
-def retrieval_vote(cases: Sequence[Case], label_names: Sequence[str]) -> dict[str, float]:
-    """Similarity-weighted share of each class among `cases` (negative similarities count 0)."""
+def retrieval_vote(cases: Sequence[Case], label_names: Sequence[str],
+                   prior: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Similarity-weighted share of each class among `cases` (negative similarities count 0).
+
+    `prior` (the index's `class_prior`): each case's weight is divided by its class's share of the
+    index, i.e. the vote answers as if every class were equally common, like the balanced-trained softmax.
+    """
+    def weight(case: Case) -> float:
+        return 1.0 if prior is None else 1.0 / max(prior.get(case.label, 0.0), 1e-6)
+
     weights = {name: 0.0 for name in label_names}
     for case in cases:
         if case.label in weights:
-            weights[case.label] += max(case.similarity, 0.0)
+            weights[case.label] += max(case.similarity, 0.0) * weight(case)
     total = sum(weights.values())
     if total <= 0:
-        counts = {name: sum(c.label == name for c in cases) for name in label_names}
+        counts = {name: sum(weight(c) for c in cases if c.label == name) for name in label_names}
         total = sum(counts.values())
         return {name: (counts[name] / total if total else 0.0) for name in label_names}
     return {name: w / total for name, w in weights.items()}

@@ -14,9 +14,17 @@ checks are reported as unavailable) instead of wrong ones.
 
 Features come from the identity view only (view 0 of every TTA mode, see `tta.TTA_MODES`), so the
 OOD score and the nearest cases do not depend on the TTA choice, and fitting them needs one view.
+
+`taps` (module names such as "blocks.5") append, after the D penultimate values, each tapped module's
+output summarised by its spatial mean and standard deviation per channel (2C values), collected by
+forward hooks during the same forward. The out-of-distribution detector uses them (Lee et al. 2018's
+feature ensemble: a photo of a document differs from dermoscopy in mid-level texture statistics that
+the classifier's last layer has learned to ignore); the case index uses the first D values only.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -27,19 +35,50 @@ from . import tta as tta_views
 Tensor = torch.Tensor
 
 
-def split_forward(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """(B, 3, H, W) -> ((B, K) logits, (B, D) penultimate features), one backbone pass."""
-    features = model.forward_head(model.forward_features(x), pre_logits=True)
-    return model.get_classifier()(features), features
+def split_forward(model: nn.Module, x: Tensor, taps: Sequence[str] = ()) -> tuple[Tensor, Tensor]:
+    """(B, 3, H, W) -> ((B, K) logits, (B, D [+ tap statistics]) features), one backbone pass."""
+    if not taps:
+        features = model.forward_head(model.forward_features(x), pre_logits=True)
+        return model.get_classifier()(features), features
+    captured: dict[str, Tensor] = {}
+
+    def keep(name: str):
+        def hook(_module, _inputs, output):
+            captured[name] = tap_statistics(output)
+        return hook
+
+    handles = [tap_module(model, name).register_forward_hook(keep(name)) for name in taps]
+    try:
+        pre_logits = model.forward_head(model.forward_features(x), pre_logits=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return model.get_classifier()(pre_logits), torch.cat([pre_logits] + [captured[name] for name in taps], dim=1)
+
+
+def tap_module(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError as err:
+        raise FeatureSplitError(f"{type(model).__name__} has no module {name!r} to tap") from err
+
+
+def tap_statistics(feature_map: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, 2C): per-channel spatial mean, then spatial standard deviation."""
+    if feature_map.dim() != 4:
+        raise FeatureSplitError(f"a tapped module must output (B, C, H, W), got {tuple(feature_map.shape)}")
+    flat = feature_map.float().flatten(2)
+    return torch.cat([flat.mean(dim=2), flat.std(dim=2)], dim=1)
 
 
 class FeatureSplitError(ValueError):
     """This architecture's logits are not `classifier(pre_logits)`, so it has no usable features here."""
 
 
-def probe_feature_dim(model: nn.Module, input_size: int, *, atol: float = 1e-4, seed: int = 0) -> int:
-    """The feature dimension D, after checking on a seeded random batch that `split_forward`
-    reproduces `model(x)`; raises FeatureSplitError saying why not."""
+def probe_feature_dim(model: nn.Module, input_size: int, *, taps: Sequence[str] = (), atol: float = 1e-4,
+                      seed: int = 0) -> int:
+    """The feature width (D, plus 2C per tap), after checking on a seeded random batch that
+    `split_forward` reproduces `model(x)`; raises FeatureSplitError saying why not."""
     needed = ("forward_features", "forward_head", "get_classifier")
     missing = [name for name in needed if not callable(getattr(model, name, None))]
     if missing:
@@ -48,8 +87,10 @@ def probe_feature_dim(model: nn.Module, input_size: int, *, atol: float = 1e-4, 
     x = x.to(next(model.parameters()).device)
     try:
         with torch.inference_mode():
-            logits, features = split_forward(model, x)
+            logits, features = split_forward(model, x, taps)
             reference = model(x)
+    except FeatureSplitError:
+        raise
     except Exception as err:  # any failure means the split does not apply to this model
         raise FeatureSplitError(f"forward_head(pre_logits=True) failed: {type(err).__name__}: {err}") from err
     if features.dim() != 2:
@@ -59,11 +100,18 @@ def probe_feature_dim(model: nn.Module, input_size: int, *, atol: float = 1e-4, 
     return int(features.shape[1])
 
 
-def tta_logits_and_features(model: nn.Module, batch: Tensor, views: tuple[tta_views.View, ...]) -> tuple[Tensor, Tensor]:
+def tap_widths(model: nn.Module, input_size: int, taps: Sequence[str]) -> list[int]:
+    """Columns each tap adds after the penultimate features (2 x its channels)."""
+    base = probe_feature_dim(model, input_size)
+    return [probe_feature_dim(model, input_size, taps=[name]) - base for name in taps]
+
+
+def tta_logits_and_features(model: nn.Module, batch: Tensor, views: tuple[tta_views.View, ...],
+                            taps: Sequence[str] = ()) -> tuple[Tensor, Tensor]:
     """(B, C, H, W) -> ((V, B, K) logits, (B, D) identity-view features) from ONE forward over all views."""
     if views[0] is not tta_views.IDENTITY:
         raise ValueError(f"the first TTA view must be the identity, got {views[0].name!r}")
-    logits, features = split_forward(model, tta_views.stack_views(batch, views))  # (V*B, K), (V*B, D)
+    logits, features = split_forward(model, tta_views.stack_views(batch, views), taps)  # (V*B, K), (V*B, D)
     n = batch.shape[0]
     return logits.reshape(len(views), n, -1), features[:n]
 
@@ -75,9 +123,10 @@ def l2_normalise(x: Tensor, eps: float = 1e-12) -> Tensor:
 class LogitsAndFeatures(nn.Module):
     """`model` with two outputs, (logits, features): what `export.py` writes to model.onnx."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, taps: Sequence[str] = ()):
         super().__init__()
         self.model = model
+        self.taps = tuple(taps)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return split_forward(self.model, x)
+        return split_forward(self.model, x, self.taps)

@@ -20,6 +20,7 @@ import torch
 from ..constants import MODEL_WEIGHTS_FILE, ONNX_FILE
 from ..models.folder import ModelFolderError, file_sha256, load_model_folder
 from . import features as feature_split
+from . import ood
 from .onnx_runtime import ONNX_FEATURES_OUTPUT, ONNX_WEIGHTS_HASH_KEY, OnnxForward
 
 DEFAULT_OPSET = 18
@@ -56,9 +57,11 @@ def export_onnx(folder: str | Path, *, opset: int = DEFAULT_OPSET, atol_probs: f
     loaded = load_model_folder(folder, device="cpu")
     model = loaded.model.eval()
     size = loaded.preprocessing.input_size
+    # The features output carries what the folder's OOD detector taps (features.py), so ONNX serves it too.
+    taps = tuple((loaded.extras.get(ood.EXTRAS_KEY) or {}).get("params", {}).get("taps", ()))
     try:
-        feature_split.probe_feature_dim(model, size)
-        graph, outputs = feature_split.LogitsAndFeatures(model).eval(), [OUTPUT_NAME, ONNX_FEATURES_OUTPUT]
+        feature_split.probe_feature_dim(model, size, taps=taps)
+        graph, outputs = feature_split.LogitsAndFeatures(model, taps).eval(), [OUTPUT_NAME, ONNX_FEATURES_OUTPUT]
     except feature_split.FeatureSplitError:
         graph, outputs = model, [OUTPUT_NAME]
     # Batch 2, not 1: torch.export specialises size-1 dimensions, which would pin the batch axis.
@@ -76,7 +79,7 @@ def export_onnx(folder: str | Path, *, opset: int = DEFAULT_OPSET, atol_probs: f
     tmp = Path(tmp_name)
     try:
         program.save(tmp, external_data=False)
-        report = verify_onnx(model, tmp, folder / MODEL_WEIGHTS_FILE, size=size, seed=seed + 1)
+        report = verify_onnx(model, tmp, folder / MODEL_WEIGHTS_FILE, size=size, seed=seed + 1, taps=taps)
         # Features feed thresholded scores (OOD) and rankings (cases): hold them to a tolerance relative
         # to their scale, like the probabilities.
         if not report.same_top1 or report.max_abs_prob_diff > atol_probs or (
@@ -93,7 +96,7 @@ def export_onnx(folder: str | Path, *, opset: int = DEFAULT_OPSET, atol_probs: f
 
 
 def verify_onnx(model: torch.nn.Module, onnx_path: Path, weights_path: Path, *, size: int,
-                seed: int = 1) -> ExportReport:
+                seed: int = 1, taps: tuple[str, ...] = ()) -> ExportReport:
     """Compare onnxruntime with eager PyTorch on a seeded random batch of 3 (an odd, unseen batch size)."""
     x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
@@ -103,7 +106,7 @@ def verify_onnx(model: torch.nn.Module, onnx_path: Path, weights_path: Path, *, 
     feature_diff = None
     if onnx_features is not None:
         with torch.inference_mode():
-            eager_features = feature_split.split_forward(model, x)[1].float()
+            eager_features = feature_split.split_forward(model, x, taps)[1].float()
         scale = float(eager_features.abs().max().clamp_min(1e-6))
         feature_diff = float((onnx_features - eager_features).abs().max()) / scale
     return ExportReport(

@@ -50,6 +50,14 @@ class OnnxForward:
         """Whether the graph also outputs the penultimate-layer features (exports since the OOD detector)."""
         return len(self.output_names) == 2
 
+    @property
+    def feature_width(self) -> int | None:
+        """Columns of the features output (penultimate + tapped statistics), when the graph says."""
+        if not self.has_features:
+            return None
+        width = next(o.shape for o in self.session.get_outputs() if o.name == ONNX_FEATURES_OUTPUT)[-1]
+        return width if isinstance(width, int) else None
+
     def logits_and_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(N, 3, S, S) -> ((N, K) logits, (N, D) features or None for a logits-only graph)."""
         array = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)

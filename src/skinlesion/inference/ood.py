@@ -13,6 +13,9 @@ features (`features.py`: identity view, one forward with the logits). Candidates
 - `knn`: cosine similarity to the k-th nearest training feature (Sun et al. 2022).
 - `mahalanobis+knn`: both, each turned into a p-value against its own VALIDATION scores and combined by
   Fisher's product (log p1 + log p2): an image must look typical to both to pass.
+- `mahalanobis+layers`: Lee et al.'s feature ensemble. Mahalanobis on the penultimate features, plus one
+  Gaussian per tapped block on its spatial mean/std per channel (`features.py` taps, same forward),
+  combined by Fisher's product of validation p-values like `mahalanobis+knn`.
 
 Storage: the tensors in `ood_stats.safetensors` (never pickles), with the method, feature dimension and
 the sha256 of the weights they were fitted for in its metadata; method, threshold and quantile in
@@ -25,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,14 +46,11 @@ Tensor = torch.Tensor
 
 EXTRAS_KEY = "ood_detector"          # config.json skinlesion section
 FORMAT = "skinlesion-ood-stats-1"
-METHODS = ("mahalanobis", "mahalanobis_l2", "knn", "mahalanobis+knn", "energy")
+METHODS = ("mahalanobis", "mahalanobis_l2", "knn", "mahalanobis+knn", "mahalanobis+layers", "energy")
 DEFAULT_METHOD = "mahalanobis"       # chosen by measurement: README "Not a dermoscopic image?"
 DEFAULT_QUANTILE = 0.01
 DEFAULT_KNN_K = 10
-# What each method stores, and which tensors have the feature dimension as their last axis.
-REQUIRED_TENSORS = {"mahalanobis": ("means", "precision"), "mahalanobis_l2": ("means", "precision"),
-                    "knn": ("bank",), "mahalanobis+knn": ("means", "precision", "bank", "val_scores"), "energy": ()}
-FEATURE_TENSORS = ("means", "precision", "bank")  # last axis = the feature dimension
+COMBINED = ("mahalanobis+knn", "mahalanobis+layers")  # Fisher's product of validation p-values
 SCORE_CHUNK = 1024                   # rows scored at once (bounds the (B, K, D) difference tensor)
 
 
@@ -68,14 +68,53 @@ def check_method(method: str) -> str:
     return method
 
 
+def components(method: str, params: Mapping[str, Any]) -> list[tuple[str, str, slice]]:
+    """A combined method's parts: (prefix of its tensors, base method, its columns of the features)."""
+    if method == "mahalanobis+knn":
+        return [("", "mahalanobis", slice(None)), ("", "knn", slice(None))]
+    if method == "mahalanobis+layers":
+        start = int(params["penultimate_dim"])
+        parts = [("", "mahalanobis", slice(0, start))]
+        for i, width in enumerate(params["tap_dims"]):
+            parts.append((f"tap{i}_", "mahalanobis", slice(start, start + int(width))))
+            start += int(width)
+        return parts
+    raise ValueError(f"{method!r} is not a combined method")
+
+
+def _part(stats: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {name[len(prefix):]: t for name, t in stats.items() if name.startswith(prefix)} if prefix else dict(stats)
+
+
 def fit_stats(method: str, features: Tensor, labels: Tensor, num_classes: int, *, knn_k: int = DEFAULT_KNN_K,
-              temperature: float = 1.0) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """TRAINING features (N, D) and class indices (N,) -> (tensors to save, small JSON-able params)."""
+              temperature: float = 1.0, taps: Sequence[str] = (), tap_dims: Sequence[int] = ()
+              ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """TRAINING features (N, D [+ tap statistics]) and class indices (N,) -> (tensors to save, JSON-able params).
+
+    `taps`/`tap_dims` (mahalanobis+layers): the tapped modules and the width of each one's statistics,
+    which sit after the D penultimate columns in that order.
+    """
     check_method(method)
     if method == "energy":
         return {}, {"temperature": float(temperature)}
     if features.dim() != 2 or features.shape[0] != labels.shape[0]:
         raise ValueError(f"features {tuple(features.shape)} and labels {tuple(labels.shape)} do not match")
+    if method == "mahalanobis+layers":
+        if not taps or len(taps) != len(tap_dims) or sum(tap_dims) >= features.shape[1]:
+            raise ValueError(f"mahalanobis+layers needs taps with their widths inside the {features.shape[1]} "
+                             f"feature columns, got taps {list(taps)} widths {list(tap_dims)}")
+        params: dict[str, Any] = {"taps": list(taps), "tap_dims": [int(w) for w in tap_dims],
+                                  "penultimate_dim": int(features.shape[1] - sum(tap_dims))}
+        stats: dict[str, Tensor] = {}
+        for prefix, _, columns in components(method, params):
+            # The penultimate part keeps its class means; a tapped block's statistics are not class
+            # features, so one Gaussian (all images one class) describes them.
+            part_labels = labels if not prefix else torch.zeros_like(labels)
+            part, part_params = fit_stats("mahalanobis", features[:, columns], part_labels,
+                                          num_classes if not prefix else 1)
+            stats.update({prefix + name: t for name, t in part.items()})
+            params.update(part_params if not prefix else {})
+        return stats, params  # + val_scores from `calibrate`
     if method == "mahalanobis+knn":
         maha, maha_params = fit_stats("mahalanobis", features, labels, num_classes)
         knn, knn_params = fit_stats("knn", features, labels, num_classes, knn_k=knn_k)
@@ -105,12 +144,13 @@ def fit_stats(method: str, features: Tensor, labels: Tensor, num_classes: int, *
 
 def calibrate(method: str, stats: dict[str, Tensor], params: Mapping[str, Any], val_features: Tensor,
               val_logits: Tensor | None = None) -> dict[str, Tensor]:
-    """Add what a method needs from the VALIDATION split besides its threshold: for `mahalanobis+knn`,
+    """Add what a method needs from the VALIDATION split besides its threshold: for a combined method,
     each component's sorted validation scores (the reference of its p-values)."""
-    if method != "mahalanobis+knn":
+    if method not in COMBINED:
         return stats
-    parts = [score(part, stats, params, val_features, val_logits).sort().values for part in ("mahalanobis", "knn")]
-    return {**stats, "val_scores": torch.stack(parts).float().contiguous()}  # (2, n_val)
+    parts = [score(base, _part(stats, prefix), params, val_features[:, columns], val_logits).sort().values
+             for prefix, base, columns in components(method, params)]
+    return {**stats, "val_scores": torch.stack(parts).float().contiguous()}  # (parts, n_val)
 
 
 def p_value(scores: Tensor, reference_sorted: Tensor) -> Tensor:
@@ -123,12 +163,14 @@ def score(method: str, stats: Mapping[str, Tensor], params: Mapping[str, Any], f
           logits: Tensor | None) -> Tensor:
     """(B, D) identity-view features and (B, K) identity-view logits -> (B,) scores, higher = in-distribution."""
     check_method(method)
-    if method == "mahalanobis+knn":
+    if method in COMBINED:
         if "val_scores" not in stats:
-            raise ValueError("mahalanobis+knn needs its validation scores: call ood.calibrate after fit_stats")
+            raise ValueError(f"{method} needs its validation scores: call ood.calibrate after fit_stats")
+        if features is None:
+            raise ValueError(f"the {method} score needs penultimate-layer features")
         ref = stats["val_scores"]
-        return sum(torch.log(p_value(score(part, stats, params, features, logits), ref[i]))
-                   for i, part in enumerate(("mahalanobis", "knn")))
+        return sum(torch.log(p_value(score(base, _part(stats, prefix), params, features[:, columns], logits), ref[i]))
+                   for i, (prefix, base, columns) in enumerate(components(method, params)))
     if method == "energy":
         if logits is None:
             raise ValueError("the energy score needs logits")
@@ -178,6 +220,11 @@ class OodDetector:
     def needs_features(self) -> bool:
         return self.method != "energy"
 
+    @property
+    def taps(self) -> tuple[str, ...]:
+        """Modules whose statistics the features must carry after the penultimate ones (`features.py`)."""
+        return tuple(self.params.get("taps", ()))
+
     def score(self, features: Tensor | None, logits: Tensor | None) -> Tensor:
         return score(self.method, self.stats, self.params, features, logits)
 
@@ -223,6 +270,24 @@ def read_safetensors(path: Path, error: type[ModelFolderError]) -> tuple[dict[st
     return tensors, metadata
 
 
+def tensor_widths(method: str, feature_dim: int, params: Mapping[str, Any]) -> dict[str, tuple[int | None, int | None]]:
+    """Every tensor a method stores -> its expected (rows, columns); None = any."""
+    if method == "energy":
+        return {}
+    if method in COMBINED:
+        parts = components(method, params)
+        widths: dict[str, tuple[int | None, int | None]] = {"val_scores": (len(parts), None)}
+        for prefix, base, columns in parts:
+            width = len(range(feature_dim)[columns])
+            widths.update({prefix + name: shape for name, shape in tensor_widths(base, width, params).items()})
+        if method == "mahalanobis+layers" and sum(len(range(feature_dim)[c]) for _, _, c in parts) != feature_dim:
+            raise ValueError(f"penultimate_dim + tap_dims != feature_dim {feature_dim}")
+        return widths
+    if method == "knn":
+        return {"bank": (None, feature_dim)}
+    return {"means": (None, feature_dim), "precision": (feature_dim, feature_dim)}
+
+
 def load_detector(folder: str | Path, extras: Mapping[str, Any], *, weights_sha256: str | None) -> OodDetector | None:
     """The folder's detector, or None when config.json names none (the check is then unavailable)."""
     entry = extras.get(EXTRAS_KEY)
@@ -247,20 +312,21 @@ def load_detector(folder: str | Path, extras: Mapping[str, Any], *, weights_sha2
         threshold = float(entry["threshold"])
     except (KeyError, TypeError, ValueError) as err:
         raise OodStatsError(f"{path}: incomplete metadata or config entry ({err!r}); {fix}") from err
-    stats = {name: tensors[name] for name in REQUIRED_TENSORS[method] if name in tensors}
-    missing = [name for name in REQUIRED_TENSORS[method] if name not in stats]
+    try:
+        widths = tensor_widths(method, feature_dim, params)
+    except (KeyError, TypeError, ValueError) as err:
+        raise OodStatsError(f"{path}: params {params} do not describe {method!r} statistics ({err!r}); {fix}") from err
+    stats = {name: tensors[name] for name in widths if name in tensors}
+    missing = [name for name in widths if name not in stats]
     if missing:
         raise OodStatsError(f"{path}: missing tensor(s) {missing} for method {method!r}; {fix}")
     for name, tensor in stats.items():
-        if name not in FEATURE_TENSORS:
-            if tensor.dim() != 2 or tensor.shape[0] != 2 or not torch.isfinite(tensor.float()).all():
-                raise OodStatsError(f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}, expected (2, n); {fix}")
-            continue
-        if tensor.dim() != 2 or tensor.shape[-1] != feature_dim or not torch.isfinite(tensor.float()).all():
+        if tensor.dim() != 2 or not torch.isfinite(tensor.float()).all():
             raise OodStatsError(f"{path}: tensor {name!r} has shape {tuple(tensor.shape)} (or non-finite values); "
-                                f"expected (*, {feature_dim}); {fix}")
-    if "precision" in stats and tuple(stats["precision"].shape) != (feature_dim, feature_dim):
-        raise OodStatsError(f"{path}: precision matrix has shape {tuple(stats['precision'].shape)}, expected "
-                            f"({feature_dim}, {feature_dim}); {fix}")
+                                f"expected a finite 2-d tensor; {fix}")
+        rows, cols = widths[name]
+        if (rows is not None and tensor.shape[0] != rows) or (cols is not None and tensor.shape[1] != cols):
+            expected = tuple("*" if d is None else d for d in (rows, cols))
+            raise OodStatsError(f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {expected}; {fix}")
     return OodDetector(method=method, threshold=threshold, feature_dim=feature_dim, stats=stats, params=params,
                        quantile=entry.get("quantile"), weights_sha256=meta.get("weights_sha256", ""), source=str(path))

@@ -109,7 +109,7 @@ class Predictor:
     def __init__(self, loaded: LoadedModel, *, tta: str | None = None, device: str | torch.device | None = None,
                  onnx_forward: OnnxForward | None = None, ood_detector: ood.OodDetector | None = None,
                  case_index: cases.CaseIndex | None = None, cases_k: int = cases.DEFAULT_K,
-                 vote_k: int = cases.DEFAULT_VOTE_K):
+                 vote_k: int = cases.DEFAULT_VOTE_K, taps: Sequence[str] | None = None):
         self.loaded = loaded
         self.device = torch.device(device) if device is not None else next(loaded.model.parameters()).device
         self.loaded.model.to(self.device).eval()
@@ -119,19 +119,31 @@ class Predictor:
         # Penultimate-layer features: probed once (one small forward) so an architecture whose head is not
         # classifier(pre_logits) reports them unavailable instead of computing wrong ones.
         self.features_unavailable: str | None = None  # why there are no features, when there are none
+        # Features are the D penultimate values (`feature_dim`, what the case index uses), then the
+        # statistics of the modules the OOD detector taps (`ood_feature_dim` in all).
+        self.taps = tuple(taps if taps is not None else (ood_detector.taps if ood_detector is not None else ()))
         self.feature_dim: int | None = None
+        self.ood_feature_dim: int | None = None
         try:
-            self.feature_dim = feature_split.probe_feature_dim(self.loaded.model, loaded.preprocessing.input_size)
+            size = loaded.preprocessing.input_size
+            self.feature_dim = feature_split.probe_feature_dim(self.loaded.model, size)
+            self.ood_feature_dim = feature_split.probe_feature_dim(self.loaded.model, size, taps=self.taps) \
+                if self.taps else self.feature_dim
         except feature_split.FeatureSplitError as err:
             self.features_unavailable = f"{loaded.architecture}: {err}"
+            self.feature_dim = self.ood_feature_dim = None
         if onnx_forward is not None and not onnx_forward.has_features:
             self.features_unavailable = (f"{onnx_forward.source} outputs logits only; re-export it with "
                                          "`skinlesion export onnx --model FOLDER`")
+        elif onnx_forward is not None and onnx_forward.feature_width not in (None, self.ood_feature_dim):
+            raise ModelFolderError(f"{onnx_forward.source} outputs {onnx_forward.feature_width} feature values but "
+                                   f"this folder needs {self.ood_feature_dim} (taps {list(self.taps)}); re-export it "
+                                   "with `skinlesion export onnx --model FOLDER`, or pass use_onnx=False")
         self.ood_detector = ood_detector
         self.case_index = case_index
         if ood_detector is not None and ood_detector.needs_features:
             self._require_features(ood_detector.source)
-            ood_detector.check_feature_dim(self.feature_dim)
+            ood_detector.check_feature_dim(self.ood_feature_dim)
         if case_index is not None:
             self._require_features(case_index.source)
             case_index.check_feature_dim(self.feature_dim)
@@ -153,9 +165,12 @@ class Predictor:
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | Path, revision: str | None = None,
                         device: str | torch.device | None = None, tta: str | None = None,
-                        use_onnx: bool | None = None) -> Predictor:
+                        use_onnx: bool | None = None, taps: Sequence[str] | None = None,
+                        feature_extras: bool = True) -> Predictor:
         """Load a model folder or Hub id (revision pinned). `use_onnx`: None = use model.onnx when present
-        and onnxruntime is installed (CPU only), True = require it, False = always PyTorch."""
+        and onnxruntime is installed (CPU only), True = require it, False = always PyTorch. `taps`: modules
+        whose statistics the features carry (default: what the folder's OOD detector taps).
+        `feature_extras=False` skips the folder's OOD statistics and case index (for refitting them)."""
         folder = resolve_folder(path_or_hub_id, revision)
         loaded = load_model_folder(folder, device=device)
         loaded.source = str(path_or_hub_id)
@@ -163,8 +178,9 @@ class Predictor:
         onnx_forward = None
         if want_onnx(folder, use_onnx, dev):
             onnx_forward = OnnxForward(folder / ONNX_FILE, folder / MODEL_WEIGHTS_FILE)
-        detector, index = load_feature_extras(folder, loaded)
-        return cls(loaded, tta=tta, device=dev, onnx_forward=onnx_forward, ood_detector=detector, case_index=index)
+        detector, index = load_feature_extras(folder, loaded) if feature_extras else (None, None)
+        return cls(loaded, tta=tta, device=dev, onnx_forward=onnx_forward, ood_detector=detector, case_index=index,
+                   taps=taps)
 
     # -- the parts --------------------------------------------------------------------------------
     @property
@@ -230,7 +246,8 @@ class Predictor:
             with self._lock:
                 if self.features_unavailable is not None:
                     return tta_views.tta_logits(self.loaded.model, x.to(self.device), views).float(), None
-                logits, feats = feature_split.tta_logits_and_features(self.loaded.model, x.to(self.device), views)
+                logits, feats = feature_split.tta_logits_and_features(self.loaded.model, x.to(self.device), views,
+                                                                      self.taps)
                 return logits.float(), feats.float().cpu()
 
     # -- predictions --------------------------------------------------------------------------------
@@ -298,7 +315,8 @@ class Predictor:
                 ood_threshold=float(detector.threshold) if detector is not None else None,
                 energy_score=float(energies[b]),
                 similar_cases=None if found is None else [c.to_dict() for c in found[:self.cases_k]],
-                retrieval_vote=None if found is None else cases.retrieval_vote(found[:self.vote_k], names),
+                retrieval_vote=None if found is None else cases.retrieval_vote(found[:self.vote_k], names,
+                                                                                prior=self.case_index.class_prior),
                 model_input=model_inputs[b] if model_inputs is not None else None,
             ))
         return results

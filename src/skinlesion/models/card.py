@@ -130,16 +130,34 @@ def _input_size_note(train_cfg: dict, size: int) -> str:
     return f"trained on {trained} px crops, served at {size} px (chosen on the validation split)"
 
 
-def _feature_extras_lines(extras: dict) -> list[str]:
+def _ood_measured_lines(folder: Path) -> list[str]:
+    """What the evaluation reports measured of the check: false flags per labelled set, flags per folder."""
+    lines = []
+    for report_path in sorted((folder / "eval").glob("*/report.json")):
+        ood = json.loads(report_path.read_text()).get("ood") or {}
+        if not ood.get("available"):
+            continue
+        labelled = ood.get("labelled_set") or {}
+        folders = ", ".join(f"{Path(name).name} {_fmt(v.get('flag_rate'), 2)}" for name, v in (ood.get("folders") or {}).items())
+        lines.append(f"  - {report_path.parent.name}: false flags {_fmt(labelled.get('flag_rate'))} of "
+                     f"{labelled.get('n_images')} images" + (f"; non-dermoscopic folders flagged: {folders}" if folders else ""))
+    return lines
+
+
+def _feature_extras_lines(extras: dict, folder: Path) -> list[str]:
     """The out-of-distribution check and the similar-cases index, when fitted (`skinlesion fit-features`)."""
     detector, index = extras.get("ood_detector"), extras.get("case_index")
     fit = "`skinlesion fit-features --model FOLDER --data DATA`"
     lines = ["## Not a dermoscopic image? Similar cases", ""]
     if detector:
+        taps = (detector.get("params") or {}).get("taps") or []
+        where = "penultimate-layer features" + (f" and the spatial mean/std of blocks {', '.join(f'`{t}`' for t in taps)}"
+                                                if taps else "")
         lines.append(f"- `{detector.get('file')}`: out-of-distribution statistics, `{detector.get('method')}` on the "
-                     "penultimate-layer features of the training split; an image scoring below "
+                     f"{where} of the training split; an image scoring below "
                      f"{_fmt(detector.get('threshold'), 4)} (the {_fmt(100 * (detector.get('quantile') or 0), 2)}% "
                      "quantile of the validation split) is refused as not dermoscopic.")
+        lines += _ood_measured_lines(folder)
     else:
         lines.append(f"- No out-of-distribution statistics: the not-a-dermoscopic-image check is off (fit with {fit}).")
     if index:
@@ -219,7 +237,7 @@ def render_model_card(folder: str | Path) -> str:
         "",
         *_quality_bars(folder),
         *(_eval_sections(folder) or ["Not evaluated yet: run `python evaluate.py --model THIS_FOLDER ...`.", ""]),
-        *_feature_extras_lines(extras),
+        *_feature_extras_lines(extras, folder),
         "## Intended use and limitations",
         "",
         "- Intended for research and teaching: exploring what a dermoscopy classifier attends to and how sure it is.",

@@ -28,6 +28,7 @@ from ..data import DataError, LesionTable, load_table, read_manifest, select_spl
 from ..data.layouts import find_ham_csv
 from ..data.splits import manifest_hash
 from ..inference import cases, ood
+from ..inference import features as feature_split
 from ..models.folder import ModelFolderError, file_sha256, update_extras
 
 
@@ -44,6 +45,7 @@ class FitFeaturesConfig:
     ood_method: str = ood.DEFAULT_METHOD    # one of ood.METHODS
     ood_quantile: float = ood.DEFAULT_QUANTILE  # share of validation images the threshold flags
     knn_k: int = ood.DEFAULT_KNN_K          # k of the knn method
+    ood_taps: tuple[str, ...] = ()          # mahalanobis+layers: modules whose statistics it models
     build_index: bool = True                # build the case index
     index_dims: int = cases.DEFAULT_DIMS    # PCA dimensions of the index vectors
     batch_size: int = 64
@@ -123,10 +125,14 @@ def run(cfg: FitFeaturesConfig) -> dict:
     ood.check_method(cfg.ood_method)
     folder = Path(cfg.model)
     if not folder.is_dir():
-        raise ModelFolderError(f"{folder}: not a local model folder (fit_features writes into it)")
+        raise ModelFolderError(f"{folder}: not a local model folder (skinlesion fit-features writes into it)")
     started = time.perf_counter()
     # use_onnx=False: features from the eager model, which every other path is checked against.
-    predictor = Predictor.from_pretrained(folder, use_onnx=False, tta="none")
+    if (cfg.ood_method == "mahalanobis+layers") != bool(cfg.ood_taps):
+        raise ValueError("--ood-taps (module names, e.g. `blocks.5 blocks.6` for EfficientNet/MobileNet, `layer3 "
+                         "layer4` for ResNet) goes with --ood-method mahalanobis+layers, and only with it")
+    predictor = Predictor.from_pretrained(folder, use_onnx=False, tta="none", taps=cfg.ood_taps,
+                                          feature_extras=False)
     if predictor.features_unavailable is not None:
         raise ModelFolderError(f"{folder}: no penultimate-layer features ({predictor.features_unavailable})")
     weights_sha = file_sha256(folder / MODEL_WEIGHTS_FILE)
@@ -142,8 +148,9 @@ def run(cfg: FitFeaturesConfig) -> dict:
               "command": cfg.command}
     if cfg.fit_ood:
         val = split_features(predictor, subsample(select_split(table, manifest, "val"), cfg.limit, cfg.seed), cfg)
+        widths = feature_split.tap_widths(predictor.loaded.model, predictor.preprocessing.input_size, cfg.ood_taps)
         stats, params = ood.fit_stats(cfg.ood_method, train.features, train.targets, len(labels), knn_k=cfg.knn_k,
-                                      temperature=predictor.loaded.temperature)
+                                      temperature=predictor.loaded.temperature, taps=cfg.ood_taps, tap_dims=widths)
         stats = ood.calibrate(cfg.ood_method, stats, params, val.features, val.logits)
         val_scores = ood.score(cfg.ood_method, stats, params, val.features, val.logits)
         detector = ood.OodDetector(method=cfg.ood_method, threshold=ood.threshold_at(val_scores, cfg.ood_quantile),
@@ -158,7 +165,8 @@ def run(cfg: FitFeaturesConfig) -> dict:
         update_extras(folder, **{ood.EXTRAS_KEY: entry})
         summary["ood"] = entry
     if cfg.build_index:
-        index = cases.build_index(train.features, image_ids=[str(i) for i in train.frame["image_id"]],
+        # The index holds the penultimate features only (the OOD taps' statistics follow them).
+        index = cases.build_index(train.features[:, :predictor.feature_dim], image_ids=[str(i) for i in train.frame["image_id"]],
                                   labels=[str(x) for x in train.frame["label"]], dx_types=dx_types(
                                       LesionTable(frame=train.frame, layout=table.layout, root=table.root)),
                                   lesion_ids=[None if g is None else str(g) for g in train.frame["group"]],
