@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import synthetic_lesion
 from fitted_folder import make_fitted, write_tiny_model
+from sklearn.metrics import balanced_accuracy_score
 
 from skinlesion.data import load_table, read_manifest, select_split
 from skinlesion.inference import cases
@@ -132,15 +133,33 @@ def test_class_prior_counts_lesions_and_the_balanced_vote_divides_by_it():
     assert balanced == pytest.approx({"mel": 0.6, "nv": 0.4})
 
 
-def test_prediction_and_evaluation_use_the_class_balanced_vote(fitted):
+def test_prediction_and_evaluation_use_the_class_balanced_vote(fitted, monkeypatch):
+    from skinlesion.evaluation.ood_retrieval import retrieval_report
+    from skinlesion.evaluation.view_logits import collect_view_logits
+
     predictor = Predictor.from_pretrained(fitted.folder)
+    # The synthetic index is balanced (a third per class), where both votes coincide: skew the prior so a
+    # path that forgot it would give another answer.
+    skewed = {"bkl": 0.05, "mel": 0.15, "nv": 0.8}
+    monkeypatch.setattr(predictor.case_index, "class_prior", skewed)
     image = synthetic_lesion(4321, (120, 90), label=2)
     pred = predictor.predict(image)
     _, features = predictor.forward_views_with_features(predictor.preprocess(image)[0][None], "none")
-    nearest = predictor.nearest_cases(features)[0]
-    expected = cases.retrieval_vote(nearest[:predictor.vote_k], list(predictor.label_names),
-                                    prior=predictor.case_index.class_prior)
+    nearest = predictor.nearest_cases(features)[0][:predictor.vote_k]
+    names = list(predictor.label_names)
+    expected = cases.retrieval_vote(nearest, names, prior=skewed)
+    assert expected != pytest.approx(cases.retrieval_vote(nearest, names))
     assert pred.retrieval_vote == pytest.approx(expected)
+
+    table = load_table(fitted.data)
+    test = select_split(table, read_manifest(fitted.folder / "split_manifest.csv"), "test")
+    out = collect_view_logits(predictor, test, "none", batch_size=8, workers=0, progress=False)
+    report = retrieval_report(predictor, out.logits, out.features, out.targets, test, 1.0)
+    found = predictor.case_index.search(out.features, predictor.vote_k)
+    votes = np.array([[v[c] for c in names] for v in (cases.retrieval_vote(n, names, prior=skewed) for n in found)])
+    assert report["vote"]["balanced_accuracy"] == pytest.approx(
+        balanced_accuracy_score(out.targets.numpy(), votes.argmax(1)))
+
 
 def test_prediction_carries_cases_and_a_vote_beside_the_softmax(fitted):
     predictor = Predictor.from_pretrained(fitted.folder)
@@ -270,3 +289,18 @@ def test_bench_inference_measures_what_the_extras_add(fitted):
     assert report["extras"] == {"ood_method": "mahalanobis", "case_index_size": 54}
     assert 0 < report["extras_over_request"] < 1  # a few matrix products beside a forward + CAM
     json.dumps(report)
+
+
+def test_report_headings_name_the_model_not_the_last_ood_folder():
+    from skinlesion.evaluation.ood_retrieval import ood_retrieval_markdown
+
+    row = {"n_images": 4, "n_flagged": 1, "flag_rate": 0.25}
+    headline = {"balanced_accuracy": 0.5, "melanoma_auc": None, "malignant_auc": None, "accuracy": 0.5}
+    report = {"model": {"name": "weights"},
+              "ood": {"available": True, "method": "mahalanobis", "threshold": -1.0, "quantile": 0.01,
+                      "labelled_set": row, "folders": {"runs/ood_sets/cats": row}},
+              "retrieval": {"available": True, "index_size": 10, "excluded_from_index": 0, "vote_k": 3,
+                            "vote": headline, "softmax": headline,
+                            "precision_at_k": {"k": 5, "macro": 0.5, "per_class": {"nv": 0.5}}}}
+    text = ood_retrieval_markdown(report)
+    assert "## weights: similar cases (retrieval vote)" in text and "| runs/ood_sets/cats | 4 | 1 | 0.250 |" in text

@@ -114,8 +114,8 @@ def ood_retrieval_markdown(report: dict) -> str:
             lines += [f"Method `{ood['method']}`, threshold {ood['threshold']:.4g} (quantile {ood['quantile']} of "
                       "validation images).", "", "| images | n | flagged | flag rate |", "|---|---|---|---|"]
             rows = [("this labelled set (false flags)", ood["labelled_set"])] + list(ood["folders"].items())
-            for name, r in rows:
-                lines.append(f"| {name} | {r['n_images']} | {r['n_flagged']} | {r['flag_rate']:.3f} |")
+            for images, r in rows:  # not `name`: the retrieval heading below still needs the model's name
+                lines.append(f"| {images} | {r['n_images']} | {r['n_flagged']} | {r['flag_rate']:.3f} |")
     retrieval = report.get("retrieval") or {}
     if retrieval:
         lines += ["", f"## {name}: similar cases (retrieval vote)", ""]

@@ -37,9 +37,12 @@ Tensor = torch.Tensor
 
 def split_forward(model: nn.Module, x: Tensor, taps: Sequence[str] = ()) -> tuple[Tensor, Tensor]:
     """(B, 3, H, W) -> ((B, K) logits, (B, D [+ tap statistics]) features), one backbone pass."""
-    if not taps:
-        features = model.forward_head(model.forward_features(x), pre_logits=True)
-        return model.get_classifier()(features), features
+    logits, parts = forward_parts(model, x, taps)
+    return logits, parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def forward_parts(model: nn.Module, x: Tensor, taps: Sequence[str] = ()) -> tuple[Tensor, list[Tensor]]:
+    """(B, 3, H, W) -> ((B, K) logits, [(B, D) penultimate features, (B, 2C) statistics of each tap])."""
     captured: dict[str, Tensor] = {}
 
     def keep(name: str):
@@ -53,7 +56,7 @@ def split_forward(model: nn.Module, x: Tensor, taps: Sequence[str] = ()) -> tupl
     finally:
         for handle in handles:
             handle.remove()
-    return model.get_classifier()(pre_logits), torch.cat([pre_logits] + [captured[name] for name in taps], dim=1)
+    return model.get_classifier()(pre_logits), [pre_logits] + [captured[name] for name in taps]
 
 
 def tap_module(model: nn.Module, name: str) -> nn.Module:
@@ -75,10 +78,10 @@ class FeatureSplitError(ValueError):
     """This architecture's logits are not `classifier(pre_logits)`, so it has no usable features here."""
 
 
-def probe_feature_dim(model: nn.Module, input_size: int, *, taps: Sequence[str] = (), atol: float = 1e-4,
-                      seed: int = 0) -> int:
-    """The feature width (D, plus 2C per tap), after checking on a seeded random batch that
-    `split_forward` reproduces `model(x)`; raises FeatureSplitError saying why not."""
+def probe_feature_widths(model: nn.Module, input_size: int, *, taps: Sequence[str] = (), atol: float = 1e-4,
+                         seed: int = 0) -> list[int]:
+    """[D, then 2C per tap]: the width of each part of the features, after checking on a seeded random
+    batch that `split_forward` reproduces `model(x)`; raises FeatureSplitError saying why not."""
     needed = ("forward_features", "forward_head", "get_classifier")
     missing = [name for name in needed if not callable(getattr(model, name, None))]
     if missing:
@@ -87,23 +90,27 @@ def probe_feature_dim(model: nn.Module, input_size: int, *, taps: Sequence[str] 
     x = x.to(next(model.parameters()).device)
     try:
         with torch.inference_mode():
-            logits, features = split_forward(model, x, taps)
+            logits, parts = forward_parts(model, x, taps)
             reference = model(x)
     except FeatureSplitError:
         raise
     except Exception as err:  # any failure means the split does not apply to this model
         raise FeatureSplitError(f"forward_head(pre_logits=True) failed: {type(err).__name__}: {err}") from err
-    if features.dim() != 2:
-        raise FeatureSplitError(f"pre-logits features have shape {tuple(features.shape)}, expected (batch, dim)")
+    if parts[0].dim() != 2:
+        raise FeatureSplitError(f"pre-logits features have shape {tuple(parts[0].shape)}, expected (batch, dim)")
     if logits.shape != reference.shape or not torch.allclose(logits.float(), reference.float(), atol=atol, rtol=1e-4):
         raise FeatureSplitError("classifier(pre_logits) does not reproduce the model's logits")
-    return int(features.shape[1])
+    return [int(part.shape[1]) for part in parts]
+
+
+def probe_feature_dim(model: nn.Module, input_size: int, *, taps: Sequence[str] = ()) -> int:
+    """The whole feature width (D, plus 2C per tap); see `probe_feature_widths`."""
+    return sum(probe_feature_widths(model, input_size, taps=taps))
 
 
 def tap_widths(model: nn.Module, input_size: int, taps: Sequence[str]) -> list[int]:
     """Columns each tap adds after the penultimate features (2 x its channels)."""
-    base = probe_feature_dim(model, input_size)
-    return [probe_feature_dim(model, input_size, taps=[name]) - base for name in taps]
+    return probe_feature_widths(model, input_size, taps=taps)[1:]
 
 
 def tta_logits_and_features(model: nn.Module, batch: Tensor, views: tuple[tta_views.View, ...],

@@ -126,9 +126,8 @@ class Predictor:
         self.ood_feature_dim: int | None = None
         try:
             size = loaded.preprocessing.input_size
-            self.feature_dim = feature_split.probe_feature_dim(self.loaded.model, size)
-            self.ood_feature_dim = feature_split.probe_feature_dim(self.loaded.model, size, taps=self.taps) \
-                if self.taps else self.feature_dim
+            widths = feature_split.probe_feature_widths(self.loaded.model, size, taps=self.taps)  # one forward
+            self.feature_dim, self.ood_feature_dim = widths[0], sum(widths)
         except feature_split.FeatureSplitError as err:
             self.features_unavailable = f"{loaded.architecture}: {err}"
             self.feature_dim = self.ood_feature_dim = None
