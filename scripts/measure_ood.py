@@ -24,6 +24,7 @@ PCA sizes and vote sizes, beside the softmax.
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import json
 from pathlib import Path
@@ -35,10 +36,9 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from skinlesion.constants import MANIFEST_FILE
 from skinlesion.data import load_table, read_manifest, select_split
-from skinlesion.evaluation.ood_retrieval import folder_features
+from skinlesion.evaluation.ood_retrieval import folder_features, image_features
 from skinlesion.evaluation.view_logits import collect_view_logits
 from skinlesion.inference import cases, ood
-from skinlesion.inference import features as feature_split
 from skinlesion.inference.predictor import Predictor
 from skinlesion.models.folder import file_sha256
 
@@ -59,8 +59,6 @@ def cached(out: Path, name: str, compute) -> dict[str, np.ndarray]:
 def camera_shift(path: str) -> Image.Image:
     """A validation image as another camera and pipeline might deliver it: squashed to a 256 x 256 square
     (as ISIC releases are), unsharp-masked, JPEG quality 70."""
-    import io
-
     image = Image.open(path).convert("RGB").resize((256, 256), Image.BICUBIC)
     image = image.filter(ImageFilter.UnsharpMask(radius=2, percent=120, threshold=2))
     buffer = io.BytesIO()
@@ -70,13 +68,8 @@ def camera_shift(path: str) -> Image.Image:
 
 
 def shifted_arrays(predictor, table, batch_size: int) -> dict[str, np.ndarray]:
-    paths = [str(p) for p in table.frame["path"]]
-    feats = []
-    for start in range(0, len(paths), batch_size):
-        x = torch.stack([predictor.preprocess(camera_shift(p))[0] for p in paths[start:start + batch_size]])
-        logits, f = predictor.forward_views_with_features(x, "none")
-        feats.append((logits[0], f))
-    return {"features": torch.cat([f for _, f in feats]).numpy(), "logits": torch.cat([lg for lg, _ in feats]).numpy()}
+    logits, feats = image_features(predictor, [camera_shift(str(p)) for p in table.frame["path"]], batch_size=batch_size)
+    return {"features": feats.numpy(), "logits": logits[0].numpy()}
 
 
 def candidates(taps: list[str], combos: list[list[str]]) -> list[tuple[str, dict]]:
@@ -207,7 +200,7 @@ def main() -> None:
 
     predictor = Predictor.from_pretrained(args.model, use_onnx=False, tta="none", taps=args.taps,
                                           feature_extras=False)
-    widths = feature_split.tap_widths(predictor.loaded.model, predictor.preprocessing.input_size, args.taps)
+    widths = predictor.feature_widths[1:]  # each tap's columns after the penultimate ones
     folder = Path(args.model)
     cache = args.out / file_sha256(folder / "model.safetensors")[:12] / (f"limit{args.limit}" if args.limit else "all")
     if args.taps:  # features carry the taps' statistics: a cache of its own

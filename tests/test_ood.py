@@ -291,7 +291,7 @@ def test_taps_append_each_modules_spatial_mean_and_std_and_leave_no_hooks(fitted
     expected = torch.cat([feature_split.tap_statistics(stage2), feature_split.tap_statistics(stage3)], dim=1)
     torch.testing.assert_close(tapped[:, 16:], expected)
     assert expected.shape[1] == 2 * 16 + 2 * 32  # mean and std per channel, widths [8, 16, 16, 32]
-    assert feature_split.tap_widths(model, 64, TAPS) == [32, 64]
+    assert feature_split.probe_feature_widths(model, 64, taps=TAPS) == [16, 32, 64]
     assert all(not m._forward_hooks for m in model.modules())
     with pytest.raises(feature_split.FeatureSplitError, match="no module 'blocks.9'"):
         feature_split.split_forward(model, x, ["blocks.9"])

@@ -28,7 +28,8 @@ from .common import command_parser
 def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = command_parser(prog, __doc__.split("\n", 2)[2], [
         f"{prog} --model weights --data ../shared/data/HAM10000",
-        f"{prog} --model weights --data ../shared/data/HAM10000 --ood-method knn --no-index"])
+        f"{prog} --model weights --data ../shared/data/HAM10000 --ood-method mahalanobis+layers "
+        "--ood-taps blocks.4 blocks.5 blocks.6"])
     parser.add_argument("--model", required=True, help="local model folder (the files are written into it)")
     g = parser.add_argument_group("data")
     g.add_argument("--data", required=True, help="the training data set the model folder was trained on")

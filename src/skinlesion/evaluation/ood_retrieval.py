@@ -8,6 +8,7 @@ and lesions excluded from the index. `ood_retrieval_markdown`: their report.md s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +30,19 @@ def folder_features(predictor, folder: str | Path, *, batch_size: int = 32) -> t
     paths = find_images(Path(folder))
     if not paths:
         raise DataError(f"{folder}: no image files found")
+    return (paths, *image_features(predictor, paths, batch_size=batch_size))
+
+
+def image_features(predictor, images: Sequence, *, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Image sources (paths or PIL images) -> ((V=1, N, K) identity-view logits, (N, D) features or None)."""
     logit_chunks, feature_chunks = [], []
-    for start in range(0, len(paths), batch_size):
-        x = torch.stack([predictor.preprocess(p)[0] for p in paths[start:start + batch_size]])
+    for start in range(0, len(images), batch_size):
+        x = torch.stack([predictor.preprocess(image)[0] for image in images[start:start + batch_size]])
         logits, feats = predictor.forward_views_with_features(x, "none")
         logit_chunks.append(logits)
         feature_chunks.append(feats)
     features = torch.cat(feature_chunks) if feature_chunks[0] is not None else None
-    return paths, torch.cat(logit_chunks, dim=1), features
+    return torch.cat(logit_chunks, dim=1), features
 
 
 def flag_summary(scores: torch.Tensor, threshold: float) -> dict:

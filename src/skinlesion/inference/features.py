@@ -108,11 +108,6 @@ def probe_feature_dim(model: nn.Module, input_size: int, *, taps: Sequence[str] 
     return sum(probe_feature_widths(model, input_size, taps=taps))
 
 
-def tap_widths(model: nn.Module, input_size: int, taps: Sequence[str]) -> list[int]:
-    """Columns each tap adds after the penultimate features (2 x its channels)."""
-    return probe_feature_widths(model, input_size, taps=taps)[1:]
-
-
 def tta_logits_and_features(model: nn.Module, batch: Tensor, views: tuple[tta_views.View, ...],
                             taps: Sequence[str] = ()) -> tuple[Tensor, Tensor]:
     """(B, C, H, W) -> ((V, B, K) logits, (B, D) identity-view features) from ONE forward over all views."""

@@ -47,7 +47,9 @@ Tensor = torch.Tensor
 EXTRAS_KEY = "ood_detector"          # config.json skinlesion section
 FORMAT = "skinlesion-ood-stats-1"
 METHODS = ("mahalanobis", "mahalanobis_l2", "knn", "mahalanobis+knn", "mahalanobis+layers", "energy")
-DEFAULT_METHOD = "mahalanobis"       # chosen by measurement: README "Not a dermoscopic image?"
+# The default needs no architecture-specific taps; the shipped folder uses mahalanobis+layers with
+# --ood-taps, chosen by measurement (README "Not a dermoscopic image?").
+DEFAULT_METHOD = "mahalanobis"
 DEFAULT_QUANTILE = 0.01
 DEFAULT_KNN_K = 10
 COMBINED = ("mahalanobis+knn", "mahalanobis+layers")  # Fisher's product of validation p-values
@@ -103,18 +105,16 @@ def fit_stats(method: str, features: Tensor, labels: Tensor, num_classes: int, *
         if not taps or len(taps) != len(tap_dims) or sum(tap_dims) >= features.shape[1]:
             raise ValueError(f"mahalanobis+layers needs taps with their widths inside the {features.shape[1]} "
                              f"feature columns, got taps {list(taps)} widths {list(tap_dims)}")
-        params: dict[str, Any] = {"taps": list(taps), "tap_dims": [int(w) for w in tap_dims],
+        params = {"taps": list(taps), "tap_dims": [int(w) for w in tap_dims],
                                   "penultimate_dim": int(features.shape[1] - sum(tap_dims))}
         stats: dict[str, Tensor] = {}
-        for prefix, _, columns in components(method, params):
-            # The penultimate part keeps its class means; a tapped block's statistics are not class
-            # features, so one Gaussian (all images one class) describes them.
-            part_labels = labels if not prefix else torch.zeros_like(labels)
-            part, part_params = fit_stats("mahalanobis", features[:, columns], part_labels,
-                                          num_classes if not prefix else 1)
+        (_, _, penultimate), *tapped = components(method, params)
+        stats, class_params = fit_stats("mahalanobis", features[:, penultimate], labels, num_classes)
+        for prefix, _, columns in tapped:
+            # A tapped block's statistics are not class features: one Gaussian (one "class") describes them.
+            part, _ = fit_stats("mahalanobis", features[:, columns], torch.zeros_like(labels), 1)
             stats.update({prefix + name: t for name, t in part.items()})
-            params.update(part_params if not prefix else {})
-        return stats, params  # + val_scores from `calibrate`
+        return stats, {**params, **class_params}  # + val_scores from `calibrate`
     if method == "mahalanobis+knn":
         maha, maha_params = fit_stats("mahalanobis", features, labels, num_classes)
         knn, knn_params = fit_stats("knn", features, labels, num_classes, knn_k=knn_k)

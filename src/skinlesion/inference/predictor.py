@@ -124,10 +124,12 @@ class Predictor:
         self.taps = tuple(taps if taps is not None else (ood_detector.taps if ood_detector is not None else ()))
         self.feature_dim: int | None = None
         self.ood_feature_dim: int | None = None
+        self.feature_widths: list[int] = []
         try:
             size = loaded.preprocessing.input_size
-            widths = feature_split.probe_feature_widths(self.loaded.model, size, taps=self.taps)  # one forward
-            self.feature_dim, self.ood_feature_dim = widths[0], sum(widths)
+            # [D, then 2C per tap], from one forward
+            self.feature_widths = feature_split.probe_feature_widths(self.loaded.model, size, taps=self.taps)
+            self.feature_dim, self.ood_feature_dim = self.feature_widths[0], sum(self.feature_widths)
         except feature_split.FeatureSplitError as err:
             self.features_unavailable = f"{loaded.architecture}: {err}"
             self.feature_dim = self.ood_feature_dim = None

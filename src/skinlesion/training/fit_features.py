@@ -28,7 +28,6 @@ from ..data import DataError, LesionTable, load_table, read_manifest, select_spl
 from ..data.layouts import find_ham_csv
 from ..data.splits import manifest_hash
 from ..inference import cases, ood
-from ..inference import features as feature_split
 from ..models.folder import ModelFolderError, file_sha256, update_extras
 
 
@@ -127,10 +126,10 @@ def run(cfg: FitFeaturesConfig) -> dict:
     if not folder.is_dir():
         raise ModelFolderError(f"{folder}: not a local model folder (skinlesion fit-features writes into it)")
     started = time.perf_counter()
-    # use_onnx=False: features from the eager model, which every other path is checked against.
     if (cfg.ood_method == "mahalanobis+layers") != bool(cfg.ood_taps):
         raise ValueError("--ood-taps (module names, e.g. `blocks.5 blocks.6` for EfficientNet/MobileNet, `layer3 "
                          "layer4` for ResNet) goes with --ood-method mahalanobis+layers, and only with it")
+    # use_onnx=False: features from the eager model, which every other path is checked against.
     predictor = Predictor.from_pretrained(folder, use_onnx=False, tta="none", taps=cfg.ood_taps,
                                           feature_extras=False)
     if predictor.features_unavailable is not None:
@@ -148,7 +147,7 @@ def run(cfg: FitFeaturesConfig) -> dict:
               "command": cfg.command}
     if cfg.fit_ood:
         val = split_features(predictor, subsample(select_split(table, manifest, "val"), cfg.limit, cfg.seed), cfg)
-        widths = feature_split.tap_widths(predictor.loaded.model, predictor.preprocessing.input_size, cfg.ood_taps)
+        widths = predictor.feature_widths[1:]  # each tap's columns after the penultimate ones
         stats, params = ood.fit_stats(cfg.ood_method, train.features, train.targets, len(labels), knn_k=cfg.knn_k,
                                       temperature=predictor.loaded.temperature, taps=cfg.ood_taps, tap_dims=widths)
         stats = ood.calibrate(cfg.ood_method, stats, params, val.features, val.logits)
