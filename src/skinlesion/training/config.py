@@ -11,7 +11,7 @@ from typing import Any
 
 from ..constants import COLOR_CONSTANCY, DEFAULT_CROP_PCT, DEFAULT_IMAGE_SIZE, DEFAULT_INTERPOLATION
 
-LOSSES = ("ce", "weighted_ce", "focal")
+LOSSES = ("ce", "weighted_ce", "focal", "logit_adjusted")
 SAMPLINGS = ("plain", "balanced")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 TTA_MODES = ("none", "flips", "full")  # names of skinlesion.inference.tta.TTA_MODES (kept here so config needs no torch)
@@ -61,7 +61,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.01           # cosine floor as a fraction of lr
     grad_clip: float = 1.0               # max grad norm; 0 disables
     grad_accum: int = 1
-    loss: str = "focal"                  # ce (with label smoothing), weighted_ce, focal
+    loss: str = "focal"                  # ce (with label smoothing), weighted_ce, focal, logit_adjusted
+    logit_adjust_tau: float = 1.0        # logit_adjusted: strength of the log-prior offset (1 = Bayes-balanced)
     label_smoothing: float = 0.1         # for ce / weighted_ce
     focal_gamma: float = 2.0
     sampling: str = "plain"              # plain or balanced (class-balanced sampler)
@@ -94,6 +95,8 @@ class TrainConfig:
             problems.append(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
         if not 0.0 < self.sampling_power <= 1.0:
             problems.append(f"sampling_power must be in (0, 1], got {self.sampling_power}")
+        if self.logit_adjust_tau < 0:
+            problems.append(f"logit_adjust_tau must not be negative, got {self.logit_adjust_tau}")
         if self.tta not in TTA_MODES:
             problems.append(f"tta must be one of {TTA_MODES}, got {self.tta!r}")
         if self.mixed_precision not in PRECISIONS:
@@ -198,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--grad-clip", type=float)
     g.add_argument("--grad-accum", type=int)
     g.add_argument("--loss", choices=LOSSES)
+    g.add_argument("--logit-adjust-tau", type=float)
     g.add_argument("--label-smoothing", type=float)
     g.add_argument("--focal-gamma", type=float)
     g.add_argument("--sampling", choices=SAMPLINGS)

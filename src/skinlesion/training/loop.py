@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
+from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score, roc_auc_score
 from torch.utils.data import DataLoader, RandomSampler
 
 from ..constants import CACHE_SHORT_SIDE
@@ -35,6 +35,7 @@ from ..data import (
     build_cache,
     class_weights,
 )
+from ..data.dataset import class_counts
 from ..data.splits import manifest_hash
 from ..data.transforms import Preprocessing, eval_transform, train_transform
 from ..inference import calibration, tta
@@ -44,7 +45,7 @@ from ..models.pretrained import weights_provenance
 from . import checkpoint
 from .config import TrainConfig
 from .history import plot_confusion, plot_history, write_history
-from .losses import build_loss
+from .losses import build_loss, seen_prior
 from .setup import (
     CHECKPOINT_DIR,
     SplitData,
@@ -138,8 +139,10 @@ def build_step_state(cfg: TrainConfig, classes: list[str], train_targets: list[i
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     weights = class_weights(train_targets, len(classes))
+    prior = seen_prior(class_counts(train_targets, len(classes)),
+                       cfg.sampling_power if cfg.sampling == "balanced" else None)
     criterion = build_loss(cfg.loss, class_weights=weights, label_smoothing=cfg.label_smoothing,
-                           focal_gamma=cfg.focal_gamma)
+                           focal_gamma=cfg.focal_gamma, prior=prior, logit_adjust_tau=cfg.logit_adjust_tau)
     # timm's factory keeps weight decay off norms and biases.
     # layer_decay uses the architecture's own layer grouping (timm's group_matcher).
     optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -198,6 +201,12 @@ def epoch_metrics(targets: np.ndarray, logits: np.ndarray, classes: list[str]) -
         "val_macro_f1": float(f1_score(targets, preds, labels=labels, average="macro", zero_division=0)),
     }
     out.update({f"val_recall_{c}": float(r) for c, r in zip(classes, recalls, strict=True)})
+    # Threshold-free and far less noisy than balanced accuracy on a few dozen df/vasc images; logged, not selected on.
+    if len(np.unique(targets)) == len(classes):
+        probs = torch.from_numpy(logits).float().softmax(-1).numpy()
+        out["val_macro_auc"] = float(roc_auc_score(targets, probs, multi_class="ovr", labels=labels))
+        if "mel" in classes:
+            out["val_auc_mel"] = float(roc_auc_score(targets == classes.index("mel"), probs[:, classes.index("mel")]))
     return out
 
 
