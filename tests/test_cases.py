@@ -134,7 +134,7 @@ def test_class_prior_counts_lesions_and_the_balanced_vote_divides_by_it():
 
 
 def test_prediction_and_evaluation_use_the_class_balanced_vote(fitted, monkeypatch):
-    from skinlesion.evaluation.ood_retrieval import retrieval_report
+    from skinlesion.evaluation.ood_retrieval import ood_retrieval_markdown, retrieval_report
     from skinlesion.evaluation.view_logits import collect_view_logits
 
     predictor = Predictor.from_pretrained(fitted.folder)
@@ -159,6 +159,11 @@ def test_prediction_and_evaluation_use_the_class_balanced_vote(fitted, monkeypat
     votes = np.array([[v[c] for c in names] for v in (cases.retrieval_vote(n, names, prior=skewed) for n in found)])
     assert report["vote"]["balanced_accuracy"] == pytest.approx(
         balanced_accuracy_score(out.targets.numpy(), votes.argmax(1)))
+    gap = report["vote_minus_softmax"]
+    softmax_bacc = balanced_accuracy_score(out.targets.numpy(), out.logits.mean(0).argmax(1).numpy())
+    assert gap["difference"] == pytest.approx(report["vote"]["balanced_accuracy"] - softmax_bacc)
+    assert gap["low"] <= gap["difference"] <= gap["high"]
+    assert "Vote minus softmax" in ood_retrieval_markdown({"model": {"name": "m"}, "retrieval": report})
 
 
 def test_prediction_carries_cases_and_a_vote_beside_the_softmax(fitted):

@@ -147,3 +147,24 @@ def test_rank_aucs_equal_sklearn_including_ties_and_undefined_columns():
     for c in range(2):
         assert got[c] == pytest.approx(roc_auc_score(pos[:, c], scores[:, c]))
     assert np.isnan(got[2])
+
+
+def test_paired_gap_interval_is_for_the_gap_itself():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, size=200)
+    logits = np.eye(3)[y] * 1.5 + rng.normal(0, 1, (200, 3))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    # b = a with 20 wrong answers made right: the gap is positive, and so is its whole interval
+    wrong = np.flatnonzero(probs.argmax(1) != y)[:20]
+    better = probs.copy()
+    better[wrong] = np.eye(3)[y[wrong]]
+    gap = metrics.paired_difference_interval(y, probs, better, LABELS, n_resamples=300, seed=1)
+    point = (metrics.classification_summary(y, better, LABELS)["balanced_accuracy"]
+             - metrics.classification_summary(y, probs, LABELS)["balanced_accuracy"])
+    assert gap["difference"] == pytest.approx(point) and point > 0
+    assert 0 < gap["low"] < point < gap["high"]
+    # identical predictions: a gap of exactly zero on every resample
+    same = metrics.paired_difference_interval(y, probs, probs, LABELS, n_resamples=50, seed=1)
+    assert (same["difference"], same["low"], same["high"]) == (0.0, 0.0, 0.0)
+    with pytest.raises(KeyError, match="no bootstrap rule"):
+        metrics.paired_difference_interval(y, probs, probs, LABELS, metric="accuracy")

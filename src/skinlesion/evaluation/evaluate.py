@@ -314,7 +314,7 @@ def evaluate_one(source: str, name: str, cfg: EvalConfig, table: LesionTable, ou
         folder_outputs[str(ood_folder)] = (folder_logits, folder_feats)
     report["ood"] = ood_report(predictor, view_logits, logits.features, folder_outputs)
     report["retrieval"] = retrieval_report(predictor, view_logits, logits.features, logits.targets, selected,
-                                           temperature, k=cfg.cases_k)
+                                           temperature, k=cfg.cases_k, bootstrap=cfg.bootstrap, seed=cfg.seed)
     rows = [comparison_row(name, str(source), report, mode, n_views)]
     if cfg.compare_tta:
         other = "none" if mode != "none" else pass_mode
