@@ -16,7 +16,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .dataset import LesionDataset, balanced_sampler, build_cache, class_weights
+    from .dataset import LesionDataset, balanced_sampler, build_cache, class_counts, class_weights
     from .layouts import detect_layout, load_table, verify_images
     from .splits import (
         lesion_grouped_split,
@@ -33,10 +33,11 @@ _LAZY = {
     "lesion_grouped_split": "splits", "read_duplicate_pairs": "splits", "read_manifest": "splits",
     "select_split": "splits", "write_manifest": "splits",
     "LesionDataset": "dataset", "balanced_sampler": "dataset", "build_cache": "dataset", "class_weights": "dataset",
+    "class_counts": "dataset",
 }
 
 __all__ = [
-    "DataError", "LesionDataset", "LesionTable", "balanced_sampler", "build_cache", "class_weights",
+    "DataError", "LesionDataset", "LesionTable", "balanced_sampler", "build_cache", "class_counts", "class_weights",
     "detect_layout", "lesion_grouped_split", "load_table", "read_duplicate_pairs", "read_manifest",
     "select_split", "verify_images", "write_manifest",
 ]

@@ -222,13 +222,16 @@ def bootstrap_intervals(targets: np.ndarray, probs: np.ndarray, label_names: Seq
             value = _resample_metric(name, t, p, label_names, present)
             if value is not None:
                 values[name].append(value)
+    return {name: {**_percentile_interval(vals, level), "level": level, "n_resamples": n_resamples,
+                   "n_valid": len(vals)} for name, vals in values.items()}
+
+
+def _percentile_interval(values: Sequence[float], level: float) -> dict:
+    """{"low", "high"}: the central `level` share of bootstrap values (None when there are none)."""
+    if not len(values):
+        return {"low": None, "high": None}
     tail = (1.0 - level) / 2.0
-    out = {}
-    for name, vals in values.items():
-        arr = np.asarray(vals)
-        low, high = (float(np.quantile(arr, tail)), float(np.quantile(arr, 1 - tail))) if arr.size else (None, None)
-        out[name] = {"low": low, "high": high, "level": level, "n_resamples": n_resamples, "n_valid": int(arr.size)}
-    return out
+    return {"low": float(np.quantile(values, tail)), "high": float(np.quantile(values, 1 - tail))}
 
 
 def paired_difference_interval(targets: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray,
@@ -244,7 +247,6 @@ def paired_difference_interval(targets: np.ndarray, probs_a: np.ndarray, probs_b
     if metric not in BOOTSTRAP_METRICS:
         raise KeyError(f"no bootstrap rule for metric {metric!r}; choose from {list(BOOTSTRAP_METRICS)}")
     present = np.unique(targets)
-    full = np.arange(targets.size)
 
     def gap(idx: np.ndarray) -> float | None:
         a = _resample_metric(metric, targets[idx], probs_a[idx], label_names, present)
@@ -254,10 +256,8 @@ def paired_difference_interval(targets: np.ndarray, probs_a: np.ndarray, probs_b
     rng = np.random.default_rng(seed)
     gaps = [g for g in (gap(rng.integers(0, targets.size, size=targets.size)) for _ in range(n_resamples))
             if g is not None]
-    tail = (1.0 - level) / 2.0
-    low, high = (float(np.quantile(gaps, tail)), float(np.quantile(gaps, 1 - tail))) if gaps else (None, None)
-    return {"metric": metric, "difference": gap(full), "low": low, "high": high, "level": level,
-            "n_resamples": n_resamples, "n_valid": len(gaps)}
+    return {"metric": metric, "difference": gap(np.arange(targets.size)), **_percentile_interval(gaps, level),
+            "level": level, "n_resamples": n_resamples, "n_valid": len(gaps)}
 
 
 def rank_aucs(is_positive: np.ndarray, scores: np.ndarray) -> np.ndarray:

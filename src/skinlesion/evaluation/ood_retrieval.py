@@ -139,9 +139,9 @@ def ood_retrieval_markdown(report: dict) -> str:
             lines += [f"Index of {retrieval['index_size']} training images ({retrieval['excluded_from_index']} excluded "
                       f"as part of this set); vote over the {retrieval['vote_k']} nearest lesions.", "",
                       "| | balanced accuracy | melanoma AUC | malignant AUC |", "|---|---|---|---|"]
-            for name in ("softmax", "vote"):
-                r = retrieval[name]
-                lines.append(f"| {name} | {fmt(r['balanced_accuracy'])} | {fmt(r['melanoma_auc'])} | "
+            for answer in ("softmax", "vote"):
+                r = retrieval[answer]
+                lines.append(f"| {answer} | {fmt(r['balanced_accuracy'])} | {fmt(r['melanoma_auc'])} | "
                              f"{fmt(r['malignant_auc'])} |")
             gap = retrieval.get("vote_minus_softmax")
             if gap and gap.get("difference") is not None and gap.get("low") is not None:

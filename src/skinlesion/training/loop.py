@@ -33,9 +33,9 @@ from ..data import (
     LesionDataset,
     balanced_sampler,
     build_cache,
+    class_counts,
     class_weights,
 )
-from ..data.dataset import class_counts
 from ..data.splits import manifest_hash
 from ..data.transforms import Preprocessing, eval_transform, train_transform
 from ..inference import calibration, tta
