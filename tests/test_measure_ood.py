@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from fitted_folder import make_fitted, non_lesion_images
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("measure_ood", ROOT / "scripts" / "measure_ood.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_measure_ood_compares_layer_candidates_with_a_simulated_camera_change(tmp_path):
@@ -25,10 +35,51 @@ def test_measure_ood_compares_layer_candidates_with_a_simulated_camera_change(tm
                     "--combos", "stages.2,stages.3"], check=True, capture_output=True, text=True, timeout=300)
     result = json.loads((out / "measure_ood.json").read_text())
     assert result["taps"] == {"stages.2": 32, "stages.3": 64}
-    assert result["n"]["val_camera_shift"] == result["n"]["val"]
+    for shift in ("camera_shift", "colour_shift", "aperture_shift"):
+        assert result["n"][f"val_{shift}"] == result["n"]["val"]
     methods = {r["method"] for r in result["detectors"]}
     assert {"mahalanobis", "mahalanobis+layers[stages.2]", "mahalanobis+layers[stages.2,stages.3]"} <= methods
     for row in result["detectors"]:
         assert 0.0 <= row["val_camera_shift_false_flags"] <= 1.0 and {"flag:a", "flag:b"} <= set(row)
+        assert row["eligible"] == (max(row[f"val_{s}_false_flags"] for s in
+                                       ("camera_shift", "colour_shift", "aperture_shift")) <= row["quantile"])
+    eligible = [r for r in result["detectors"] if r["eligible"]]
+    if eligible:
+        best = max(r["flag:all_ood"] for r in eligible)
+        chosen = [r for r in eligible if (r["method"], r["quantile"]) ==
+                  (result["chosen"]["method"], result["chosen"]["quantile"])]
+        assert chosen and chosen[0]["flag:all_ood"] == best
+    else:
+        assert result["chosen"] is None
     assert {r["class_balanced_vote"] for r in result["retrieval"]} == {False, True}
     assert "val_camera_shift_false_flags" in (out / "measure_ood.md").read_text()
+
+
+def test_validation_shifts_change_acquisition_not_content(tmp_path):
+    module = _script()
+    rng = np.random.default_rng(0)
+    path = tmp_path / "lesion.png"
+    Image.fromarray(rng.integers(60, 200, size=(150, 200, 3), dtype=np.uint8)).save(path)
+    original = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+
+    colour = np.asarray(module.colour_shift(str(path), 3), dtype=np.float32)
+    assert colour.shape == original.shape
+    assert np.array_equal(colour, np.asarray(module.colour_shift(str(path), 3)))  # seeded: rerunnable
+    assert not np.array_equal(colour, np.asarray(module.colour_shift(str(path), 4)))
+    # a global tone change: the per-pixel order within a channel is (almost) kept
+    assert np.corrcoef(colour[..., 0].ravel(), original[..., 0].ravel())[0, 1] > 0.95
+
+    aperture = np.asarray(module.aperture_shift(str(path), 3))
+    assert aperture.shape == original.shape
+    assert (aperture[0, 0] == 0).all() and (aperture[-1, -1] == 0).all()  # corners outside the circle
+    assert np.array_equal(aperture[75, 100], original[75, 100].astype(np.uint8))  # the centre untouched
+
+
+def test_choice_rule_takes_the_eligible_candidate_that_flags_most():
+    module = _script()
+    rows = [{"method": "a", "eligible": False, "flag:all_ood": 1.0, "ham_test_false_flags": 0.0},
+            {"method": "b", "eligible": True, "flag:all_ood": 0.9, "ham_test_false_flags": 0.02},
+            {"method": "c", "eligible": True, "flag:all_ood": 0.9, "ham_test_false_flags": 0.01},
+            {"method": "d", "eligible": True, "flag:all_ood": 0.5, "ham_test_false_flags": 0.0}]
+    assert module.choose(rows)["method"] == "c"
+    assert module.choose([rows[0]]) is None
