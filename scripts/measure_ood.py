@@ -106,6 +106,16 @@ def shifted_arrays(predictor, table, shift, batch_size: int) -> dict[str, np.nda
     return {"features": feats.numpy(), "logits": logits[0].numpy()}
 
 
+def fit_args(method: str, kwargs: dict, quantile: float) -> list[str]:
+    """The `skinlesion fit-features` arguments that fit this candidate into a model folder."""
+    args = ["--ood-method", method, "--ood-quantile", str(quantile)]
+    if "knn_k" in kwargs:
+        args += ["--knn-k", str(kwargs["knn_k"])]
+    if "taps" in kwargs:
+        args += ["--ood-taps", *kwargs["taps"]]
+    return args
+
+
 def choose(rows: list[dict]) -> dict | None:
     """The eligible candidate (every shifted-validation false-flag rate <= its quantile) that flags the most
     non-dermoscopic images; ties go to fewer HAM10000-test false flags. None when nothing is eligible."""
@@ -169,6 +179,7 @@ def detector_rows(sets: dict[str, dict], ood_names: list[str], external: str | N
         for q in QUANTILES:
             threshold = ood.threshold_at(s["val"], q)
             row = {"method": name, "quantile": q, "threshold": threshold, "auroc": auroc,
+                   "fit_args": fit_args(method, kwargs, q),
                    "worst_auroc": min(auroc.values()),
                    "ham_test_false_flags": float((s["test"] < threshold).mean())}
             for shift in SHIFTS:
@@ -279,7 +290,7 @@ def main() -> None:
               "feature_dim": predictor.feature_dim, "taps": dict(zip(args.taps, widths, strict=True)), "n": {k: int(len(v["features"])) for k, v in sets.items()},
               "detectors": rows, "retrieval": retrieval}
     chosen = choose(rows)
-    result["chosen"] = None if chosen is None else {"method": chosen["method"], "quantile": chosen["quantile"]}
+    result["chosen"] = None if chosen is None else {k: chosen[k] for k in ("method", "quantile", "fit_args")}
     (args.out / "measure_ood.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(rows, ood_names, external, chosen)
     (args.out / "measure_ood.md").write_text(table + "\n")

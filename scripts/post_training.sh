@@ -8,13 +8,17 @@
 # Steps: test-time input size (choose_input_size.py) -> temperature (evaluate.py --fit-temperature) ->
 # OOD candidates compared (measure_ood.py; read its table and set OOD_ARGS) -> OOD statistics and case
 # index (fit_features) -> test and external reports with the flag rate of every OOD folder.
-# OOD_ARGS defaults to the method chosen in README "Not a dermoscopic image?".
+# OOD_ARGS defaults to the candidate the measure step chose by its validation-only rule ("chosen" in
+# $OUT/measure_ood/measure_ood.json); set it to override.
 set -euo pipefail
 FOLDER=$1 HAM=$2 EXTERNAL=$3 SIZES=$4 OOD_ROOT=$5
-OOD_ARGS=${OOD_ARGS:-"--ood-method mahalanobis+layers --ood-taps blocks.4 blocks.5 blocks.6 --ood-quantile 0.01"}
 STEP=${STEP:-all}   # all, or one of: size temperature measure fit report
 PY=${PY:-python}
 OUT=${OUT:-runs/post_$(basename "$FOLDER")}
+chosen_ood_args() {
+  $PY -c 'import json, sys; c = json.load(open(sys.argv[1]))["chosen"]; c or sys.exit("measure_ood: no eligible OOD candidate; set OOD_ARGS"); print(" ".join(c["fit_args"]))' \
+    "$OUT/measure_ood/measure_ood.json"
+}
 mkdir -p "$OUT"
 ood_folders=()
 for d in "$OOD_ROOT"/*/; do ood_folders+=(--ood-folder "${d%/}"); done
@@ -34,6 +38,7 @@ if [[ $STEP == all || $STEP == measure ]]; then
     --combos blocks.5,blocks.6 blocks.4,blocks.5 blocks.4,blocks.5,blocks.6 --dims 128 --vote-k 10 20 40
 fi
 if [[ $STEP == all || $STEP == fit ]]; then
+  OOD_ARGS=${OOD_ARGS:-$(chosen_ood_args)}
   # shellcheck disable=SC2086
   run $PY -m skinlesion fit-features --model "$FOLDER" --data "$HAM" --workers 2 --no-progress $OOD_ARGS
 fi

@@ -83,3 +83,16 @@ def test_choice_rule_takes_the_eligible_candidate_that_flags_most():
             {"method": "d", "eligible": True, "flag:all_ood": 0.5, "ham_test_false_flags": 0.0}]
     assert module.choose(rows)["method"] == "c"
     assert module.choose([rows[0]]) is None
+
+
+def test_chosen_candidate_turns_into_arguments_fit_features_accepts():
+    from skinlesion.cli.fit_features import build_parser
+
+    module = _script()
+    for method, kwargs in module.candidates(["blocks.4", "blocks.5"], [["blocks.4", "blocks.5"]]):
+        args = build_parser("fit-features").parse_args(
+            ["--model", "m", "--data", "d", *module.fit_args(method, kwargs, 0.02)])
+        assert (args.ood_method, args.ood_quantile) == (method, 0.02)
+        assert args.ood_taps == kwargs.get("taps", [])
+        if "knn_k" in kwargs:
+            assert args.knn_k == kwargs["knn_k"]
