@@ -52,6 +52,9 @@ def test_measure_ood_compares_layer_candidates_with_a_simulated_camera_change(tm
     else:
         assert result["chosen"] is None
     assert {r["class_balanced_vote"] for r in result["retrieval"]} == {False, True}
+    assert set(result["val_balanced_accuracy_no_tta"]) == {"val", "val_camera_shift", "val_colour_shift",
+                                                           "val_aperture_shift"}
+    assert all(0.0 <= v <= 1.0 for v in result["val_balanced_accuracy_no_tta"].values())
     assert "val_camera_shift_false_flags" in (out / "measure_ood.md").read_text()
 
 
