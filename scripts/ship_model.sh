@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Make a post-trained model folder (scripts/post_training.sh has chosen its size, temperature and OOD
+# detector and written its test reports) the shipped default, and regenerate everything derived from it.
+#
+#   scripts/ship_model.sh runs/ship5 ../shared/data/HAM10000
+#
+# Refuses a folder trained on another split (the shipped split_manifest.csv is the contract the test
+# reports, the case index and the examples rely on). Then: copies the folder's files over weights/,
+# rewrites the model card from the copied reports, re-picks the app's examples from the TRAIN split,
+# and runs the inference benchmark on a copy (ONNX export included). Commit the result by hand.
+set -euo pipefail
+SRC=$1 HAM=$2
+DEST=${DEST:-weights}
+PY=${PY:-python}
+run() { echo "+ $*" >&2; "$@"; }
+
+for f in model.safetensors config.json ood_stats.safetensors case_index.safetensors split_manifest.csv \
+         eval/ham10000_test/report.json; do
+  [[ -f $SRC/$f ]] || { echo "ship_model: $SRC/$f is missing (run scripts/post_training.sh first)" >&2; exit 1; }
+done
+if ! cmp -s "$SRC/split_manifest.csv" "$DEST/split_manifest.csv"; then
+  echo "ship_model: $SRC was trained on another split than $DEST/split_manifest.csv; refusing" >&2
+  exit 1
+fi
+
+# What the folder is: weights, config, fitted extras, training record and reports. README.md (the card)
+# is regenerated below; train_summary.json comes along when training wrote one.
+rm -rf "$DEST/eval"
+for f in model.safetensors config.json ood_stats.safetensors case_index.safetensors history.csv history.png \
+         confusion_matrix_val.png train_summary.json eval; do
+  [[ -e $SRC/$f ]] && run cp -r "$SRC/$f" "$DEST/"
+done
+run $PY -c "import sys; from skinlesion.models.card import write_model_card; write_model_card(sys.argv[1])" "$DEST"
+run $PY scripts/make_examples.py --model "$DEST" --data "$HAM" --out examples
+BENCH=$(mktemp -d)
+cp -r "$DEST" "$BENCH/model"
+run $PY -m skinlesion export onnx --model "$BENCH/model"
+run $PY -m skinlesion bench inference --model "$BENCH/model" --threads 1 --repeats 10 --folder-images 0 \
+  | tee runs/bench_inference_shipped.json
+rm -rf "$BENCH"
