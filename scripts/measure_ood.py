@@ -16,10 +16,9 @@ With `--taps` the features also carry those modules' spatial mean/std per channe
 HOW an image was taken (resolution, sharpness, JPEG) rather than WHAT it shows would flag other clinics'
 dermoscopy, which the check must pass; so every candidate is also scored on `val_camera_shift`: the
 validation images squashed to 256 x 256, sharpened and re-encoded as JPEG 70 (another camera, simulated
-from the validation split alone). Two more validation-side shifts model what else differs between
-dermatoscopes: `val_colour_shift` (each image under another illuminant and exposure: per-channel gains and a
-gamma drawn per image, seeded) and `val_aperture_shift` (a circular field of view with black outside, as
-contact dermatoscopes without cropping deliver). The rule, fixed before any test set is looked at: a
+from the validation split alone), and on `val_colour_shift` (another illuminant and exposure) and
+`val_aperture_shift` (a circular field of view with black outside, as uncropped contact dermatoscopes
+deliver): `skinlesion.evaluation.shifts`. The rule, fixed before any test set is looked at: a
 candidate is eligible when its false flags on every shifted validation set are no higher than its quantile;
 `chosen` (in the JSON and marked in the table) is the eligible candidate that flags the most
 non-dermoscopic images (ties: fewer HAM10000-test false flags). ISIC 2017 / the test split are reported,
@@ -31,19 +30,18 @@ PCA sizes and vote sizes, beside the softmax.
 from __future__ import annotations
 
 import argparse
-import io
 import itertools
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from skinlesion.constants import MANIFEST_FILE
 from skinlesion.data import load_table, read_manifest, select_split
 from skinlesion.evaluation.ood_retrieval import folder_features, image_features
+from skinlesion.evaluation.shifts import SHIFTS
 from skinlesion.evaluation.view_logits import collect_view_logits
 from skinlesion.inference import cases, ood
 from skinlesion.inference.predictor import Predictor
@@ -61,43 +59,6 @@ def cached(out: Path, name: str, compute) -> dict[str, np.ndarray]:
     arrays = compute()
     np.savez_compressed(path, **arrays)
     return arrays
-
-
-def camera_shift(path: str) -> Image.Image:
-    """A validation image as another camera and pipeline might deliver it: squashed to a 256 x 256 square
-    (as ISIC releases are), unsharp-masked, JPEG quality 70."""
-    image = Image.open(path).convert("RGB").resize((256, 256), Image.BICUBIC)
-    image = image.filter(ImageFilter.UnsharpMask(radius=2, percent=120, threshold=2))
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=70)
-    buffer.seek(0)
-    return Image.open(buffer).convert("RGB")
-
-
-def colour_shift(path: str, seed: int) -> Image.Image:
-    """A validation image under another illuminant and exposure: per-channel gains within +-15% (white
-    balance) and a gamma within +-20% (exposure/tone curve), drawn per image from `seed`."""
-    rng = np.random.default_rng(seed)
-    x = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
-    x = x ** np.exp(rng.uniform(-0.2, 0.2)) * np.exp(rng.uniform(-0.15, 0.15, size=3))
-    return Image.fromarray((x.clip(0, 1) * 255).round().astype(np.uint8))
-
-
-def aperture_shift(path: str, seed: int) -> Image.Image:
-    """A validation image as an uncropped contact dermatoscope shows it: a centred circular field of view
-    (diameter 0.9-1.1 x the short side, drawn per image from `seed`) with black outside."""
-    rng = np.random.default_rng(seed)
-    image = Image.open(path).convert("RGB")
-    w, h = image.size
-    radius = min(w, h) * rng.uniform(0.45, 0.55)
-    yy, xx = np.ogrid[:h, :w]
-    inside = (xx - (w - 1) / 2) ** 2 + (yy - (h - 1) / 2) ** 2 <= radius ** 2
-    return Image.fromarray(np.where(inside[..., None], np.asarray(image), 0).astype(np.uint8))
-
-
-# Validation-side acquisition shifts every detector must pass (name -> image for the i-th validation path).
-SHIFTS = {"camera_shift": lambda path, i: camera_shift(path), "colour_shift": colour_shift,
-          "aperture_shift": aperture_shift}
 
 
 def shifted_arrays(predictor, table, shift, batch_size: int) -> dict[str, np.ndarray]:
