@@ -19,7 +19,8 @@ validation images squashed to 256 x 256, sharpened and re-encoded as JPEG 70 (an
 from the validation split alone), and on `val_colour_shift` (another illuminant and exposure) and
 `val_aperture_shift` (a circular field of view with black outside, as uncropped contact dermatoscopes
 deliver): `skinlesion.evaluation.shifts`. The rule, fixed before any test set is looked at: a
-candidate is eligible when its false flags on every shifted validation set are no higher than its quantile;
+candidate is eligible when its false flags on no shifted validation set are significantly above its quantile
+(one-sided binomial test, 5%: at most 15 of 1,006 images at q = 0.01, 28 at q = 0.02);
 `chosen` (in the JSON and marked in the table) is the eligible candidate that flags the most
 non-dermoscopic images (ties: fewer HAM10000-test false flags). ISIC 2017 / the test split are reported,
 never used for the choice.
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import binom
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from skinlesion.constants import MANIFEST_FILE
@@ -67,6 +69,13 @@ def shifted_arrays(predictor, table, shift, batch_size: int) -> dict[str, np.nda
     return {"features": feats.numpy(), "logits": logits[0].numpy()}
 
 
+def above_quantile(flagged: int, n: int, quantile: float, alpha: float = 0.05) -> bool:
+    """True when `flagged` of `n` shifted validation images is significantly more than the quantile flags on
+    clean validation images (one-sided binomial test at `alpha`). A strict `rate <= quantile` would reject a
+    detector for one image of sampling noise (11 of 1,006 at q = 0.01); this rejects it for a real excess."""
+    return float(binom.sf(flagged - 1, n, quantile)) < alpha
+
+
 def fit_args(method: str, kwargs: dict, quantile: float) -> list[str]:
     """The `skinlesion fit-features` arguments that fit this candidate into a model folder."""
     args = ["--ood-method", method, "--ood-quantile", str(quantile)]
@@ -78,7 +87,7 @@ def fit_args(method: str, kwargs: dict, quantile: float) -> list[str]:
 
 
 def choose(rows: list[dict]) -> dict | None:
-    """The eligible candidate (every shifted-validation false-flag rate <= its quantile) that flags the most
+    """The eligible candidate (no shifted-validation false-flag rate significantly above its quantile) that flags the most
     non-dermoscopic images; ties go to fewer HAM10000-test false flags. None when nothing is eligible."""
     eligible = [r for r in rows if r["eligible"]]
     return max(eligible, key=lambda r: (r["flag:all_ood"], -r["ham_test_false_flags"]), default=None)
@@ -145,7 +154,8 @@ def detector_rows(sets: dict[str, dict], ood_names: list[str], external: str | N
                    "ham_test_false_flags": float((s["test"] < threshold).mean())}
             for shift in SHIFTS:
                 row[f"val_{shift}_false_flags"] = float((s[f"val_{shift}"] < threshold).mean())
-            row["eligible"] = all(row[f"val_{shift}_false_flags"] <= q for shift in SHIFTS)
+            row["eligible"] = all(not above_quantile(int((s[f"val_{shift}"] < threshold).sum()), len(s[f"val_{shift}"]), q)
+                                  for shift in SHIFTS)
             if external:
                 row["external_false_flags"] = float((s[external] < threshold).mean())
             for folder in ood_names:

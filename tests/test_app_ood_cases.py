@@ -35,6 +35,7 @@ def upload(folder: Path, name: str, image) -> str:
 def test_a_non_dermoscopic_upload_is_refused_and_its_output_demoted(registry, tmp_path):
     a = logic.analyze(registry, upload(tmp_path, "noise", non_lesion_images()["colour noise"]))
     assert logic.OOD_REFUSAL in a.warnings and a.warnings.lstrip().startswith("### ⚠")
+    assert "crop to the inside of the circle" in a.warnings  # the workaround for aperture-framed dermoscopy
     assert "Uncertain" not in a.warnings  # the refusal supersedes the ranking's own doubts
     assert a.summary.startswith("**Not a result.**")
     d = a.details
@@ -106,3 +107,15 @@ def test_predict_api_keeps_its_eight_outputs_and_the_extras_stay_private(registr
         warnings, details = out[5], out[7]
         assert logic.OOD_REFUSAL in warnings
         assert details["out_of_distribution"] is True and {"ood_score", "ood_threshold"} <= set(details)
+
+
+def test_model_card_states_the_aperture_limitation_only_for_block_statistics():
+    from skinlesion.models.card import _feature_extras_lines
+
+    def card(params):
+        detector = {"file": "ood_stats.safetensors", "method": "m", "threshold": -1.0, "quantile": 0.01,
+                    "params": params}
+        return "\n".join(_feature_extras_lines({"ood_detector": detector}, Path("/nonexistent")))
+
+    assert "circular field of view" in card({"taps": ["blocks.4"]})
+    assert "circular field of view" not in card({})

@@ -17,6 +17,11 @@ DISPLAY_MAX_SIDE = 1024          # overlays/heatmaps are shown (and returned by 
 OOD_REFUSAL = ("This does not look like a dermoscopic image of a skin lesion; "
                "the classes below are not meaningful")
 
+# The layered check also refuses many real lesions framed by an uncropped dermatoscope's black circular field
+# of view (README "Not a dermoscopic image?"); cropping inside the circle is the user's workaround until it is fixed.
+APERTURE_HINT = ("If it is one, with a black circle or black corners around the field of view, crop to the "
+                 "inside of the circle and try again.")
+
 
 DISCLAIMER = (
     "**Research demo, not a diagnosis.** This model was trained on public dermoscopy images and can be "
@@ -66,7 +71,8 @@ def warnings_markdown(prediction: Prediction) -> str:
         warnings.append(f"### ⚠ {OOD_REFUSAL}.\n"
                         "It does not look like the dermoscopic images the model was trained on "
                         f"({prediction.ood_method or 'OOD'} score {prediction.ood_score:.2f}{below}). Upload a "
-                        "dermoscopic photo of the lesion: a close-up taken through a dermatoscope.")
+                        "dermoscopic photo of the lesion: a close-up taken through a dermatoscope. "
+                        f"{APERTURE_HINT}")
     elif prediction.uncertain:  # under a refusal the ranking is not meaningful anyway
         warnings.append(f"⚠ **Uncertain prediction**: confidence {pct(prediction.confidence)}, "
                         f"{pct(prediction.agreement)} of the TTA views agree. Treat the ranking as a guess.")

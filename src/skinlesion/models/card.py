@@ -157,6 +157,9 @@ def _feature_extras_lines(extras: dict, folder: Path) -> list[str]:
                      f"{where} of the training split; an image scoring below "
                      f"{_fmt(detector.get('threshold'), 4)} (the {_fmt(100 * (detector.get('quantile') or 0), 2)}% "
                      "quantile of the validation split) is refused as not dermoscopic.")
+        if taps:  # measured in README "Not a dermoscopic image?" (scripts/measure_ood.py, aperture shift)
+            lines.append("- Known limitation: the block statistics also respond to an uncropped dermatoscope's black "
+                         "circular field of view, so such lesion images are often refused; crop inside the circle.")
         lines += _ood_measured_lines(folder)
     else:
         lines.append(f"- No out-of-distribution statistics: the not-a-dermoscopic-image check is off (fit with {fit}).")
