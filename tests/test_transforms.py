@@ -16,6 +16,8 @@ from skinlesion.data import LesionDataset, LesionTable, balanced_sampler, build_
 from skinlesion.data.transforms import (
     Augmentation,
     Preprocessing,
+    RandomAperture,
+    RandomChannelGain,
     ShadesOfGray,
     eval_geometry,
     eval_transform,
@@ -71,6 +73,37 @@ def test_train_transform_shape_and_seeded_randomness() -> None:
     torch.testing.assert_close(a, b)
     assert not torch.equal(a, c)  # augmentation is random
     assert torch.isfinite(a).all()
+
+
+def test_random_aperture_blacks_out_outside_a_circle_only() -> None:
+    img = torch.full((3, 90, 120), 200, dtype=torch.uint8)
+    torch.manual_seed(0)
+    out = RandomAperture(1.0)(img)
+    assert out.dtype == torch.uint8 and out.shape == img.shape
+    assert int(out[:, 0, 0].max()) == 0 and int(out[:, -1, -1].max()) == 0  # corners fall outside the circle
+    assert out[:, 45, 60].tolist() == [200, 200, 200]                        # the centre is untouched
+    assert set(out.unique().tolist()) == {0, 200}                              # a hard mask, no new colours
+    assert torch.equal(RandomAperture(0.0)(img), img)                          # p = 0 never applies it
+
+
+def test_random_channel_gain_changes_the_balance_between_channels() -> None:
+    img = torch.full((3, 8, 8), 100, dtype=torch.uint8)
+    torch.manual_seed(0)
+    out = RandomChannelGain(0.2)(img)
+    per_channel = out[:, 0, 0].tolist()
+    assert all(80 <= v <= 120 for v in per_channel) and len(set(per_channel)) > 1
+    assert (out == out[:, :1, :1]).all()  # one gain per channel, the same for every pixel
+
+
+def test_train_config_carries_and_checks_the_acquisition_augmentations() -> None:
+    from skinlesion.training.config import TrainConfig
+    from skinlesion.training.setup import augmentation_of
+
+    aug = augmentation_of(TrainConfig(aperture=0.3, channel_gain=0.1))
+    assert (aug.aperture, aug.channel_gain) == (0.3, 0.1)
+    assert any(isinstance(op, RandomAperture) for op in train_transform(PRE, aug).transforms)
+    with pytest.raises(ValueError, match="aperture"):
+        TrainConfig(aperture=1.5)
 
 
 def test_preprocessing_timm_round_trip_through_json() -> None:

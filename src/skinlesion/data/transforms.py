@@ -82,6 +82,13 @@ class Augmentation:
     # Probability of placing the image on a larger black canvas first (side 1-1.5x): smaller lesions with dark
     # borders, as in other clinics' wider dermoscope fields of view (ISIC 2017's images show the black rim).
     zoom_out: float = 0.0
+    # Probability of a random circular field of view (black outside), as an uncropped contact dermatoscope
+    # delivers it: the "microscope" augmentation of the ISIC 2020 winning entries. Without it a HAM10000
+    # model (and its not-a-dermoscopic-image check) treats a black rim as evidence (README, run 5).
+    aperture: float = 0.0
+    # Per-channel gain within +-channel_gain (another illuminant / white balance); ColorJitter's brightness,
+    # contrast and saturation never change the hue balance between channels.
+    channel_gain: float = 0.0
     rotate_degrees: float = 0.0      # extra arbitrary-angle rotation before the crop (90-degree turns are always on)
     color_jitter: float = 0.2        # brightness/contrast/saturation
     hue: float = 0.0                 # hue jitter: off by default, colour is diagnostic and HSV round trips are slow
@@ -152,12 +159,48 @@ class RandomRot90(torch.nn.Module):
         return torch.rot90(img, k, dims=(-2, -1)) if k else img
 
 
+class RandomAperture(torch.nn.Module):
+    """With probability `p`, black out everything outside a random circle on a uint8 (..., 3, H, W) image:
+    diameter `diameter` x the short side, centre moved by up to 5% of it. Before the crop, so crops see a
+    rim in a corner, along one side or not at all."""
+
+    def __init__(self, p: float, diameter: tuple[float, float] = (0.85, 1.25)) -> None:
+        super().__init__()
+        self.p, self.diameter = p, diameter
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        if torch.rand(()) >= self.p:
+            return img
+        h, w = img.shape[-2:]
+        short = min(h, w)
+        lo, hi = self.diameter
+        radius = short * (lo + (hi - lo) * torch.rand(())) / 2
+        cy, cx = (torch.tensor([(h - 1) / 2, (w - 1) / 2]) + (torch.rand(2) - 0.5) * 0.1 * short).tolist()
+        yy = torch.arange(h, dtype=torch.float32).sub_(cy).square_()[:, None]
+        xx = torch.arange(w, dtype=torch.float32).sub_(cx).square_()[None, :]
+        return img * ((yy + xx) <= radius * radius).to(img.dtype)
+
+
+class RandomChannelGain(torch.nn.Module):
+    """Scale each channel of a uint8 (..., 3, H, W) image by its own factor in [1 - g, 1 + g]."""
+
+    def __init__(self, gain: float) -> None:
+        super().__init__()
+        self.gain = gain
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        factors = 1 + (torch.rand(3, 1, 1) * 2 - 1) * self.gain
+        return (img.float() * factors).round_().clamp_(0, 255).to(torch.uint8)
+
+
 def train_transform(pre: Preprocessing, aug: Augmentation) -> v2.Compose:
     # Augmentation runs per sample in DataLoader workers that share 2 CPU cores with the model, so
     # every op here is chosen to be cheap on small uint8 tensors (see `skinlesion bench train`).
     ops: list = [v2.ToImage()]
     if aug.zoom_out > 0:
         ops.append(v2.RandomZoomOut(fill=0, side_range=(1.0, 1.5), p=aug.zoom_out))
+    if aug.aperture > 0:
+        ops.append(RandomAperture(aug.aperture))
     if aug.rotate_degrees > 0:
         # Before the crop, so the crop mostly cuts the corners the rotation blackened.
         ops.append(v2.RandomRotation(aug.rotate_degrees, interpolation=InterpolationMode.BILINEAR))
@@ -171,6 +214,8 @@ def train_transform(pre: Preprocessing, aug: Augmentation) -> v2.Compose:
     if aug.color_jitter > 0 or aug.hue > 0:
         j = aug.color_jitter
         ops.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j, hue=aug.hue or None))
+    if aug.channel_gain > 0:
+        ops.append(RandomChannelGain(aug.channel_gain))
     if aug.rand_augment:
         ops.append(v2.RandAugment(num_ops=2, magnitude=aug.rand_augment_magnitude))
     ops.extend(_to_float(pre))

@@ -45,6 +45,8 @@ class TrainConfig:
     scale_min: float = 0.35              # RandomResizedCrop lower area bound
     max_aspect: float = 4 / 3            # RandomResizedCrop aspect range (1/max_aspect, max_aspect): squashed images
     zoom_out: float = 0.0                # probability of a zoom-out onto a black canvas (wider field of view)
+    aperture: float = 0.0                # probability of a random circular dermatoscope field of view (black outside)
+    channel_gain: float = 0.0            # per-channel gain jitter +-x (another illuminant / white balance)
     rotate_degrees: float = 0.0          # arbitrary-angle rotation before the crop; 90-degree turns are always on
     color_jitter: float = 0.2
     rand_augment: bool = False
@@ -121,6 +123,8 @@ class TrainConfig:
             problems.append(f"scale_min must be in (0, 1], got {self.scale_min}")
         if self.max_aspect < 1 or not 0 <= self.zoom_out <= 1:
             problems.append(f"max_aspect must be >= 1 and zoom_out in [0, 1]; got {self.max_aspect}, {self.zoom_out}")
+        if not 0 <= self.aperture <= 1 or not 0 <= self.channel_gain < 1:
+            problems.append(f"aperture must be in [0, 1] and channel_gain in [0, 1); got {self.aperture}, {self.channel_gain}")
         if self.color_jitter < 0 or self.weight_decay < 0 or self.workers < 0:
             problems.append("color_jitter, weight_decay and workers must not be negative")
         if problems:
@@ -186,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scale-min", type=float)
     g.add_argument("--max-aspect", type=float, help="crop aspect range 1/x..x (4/3 default)")
     g.add_argument("--zoom-out", type=float, help="probability of a zoom-out onto a black canvas")
+    g.add_argument("--aperture", type=float, help="probability of a random circular field of view (black outside)")
+    g.add_argument("--channel-gain", type=float, help="per-channel gain jitter +-x (white balance)")
     g.add_argument("--rotate-degrees", type=float)
     g.add_argument("--color-jitter", type=float)
     g.add_argument("--rand-augment", action=bool_flag, default=None)

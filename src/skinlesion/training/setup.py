@@ -77,6 +77,7 @@ def preprocessing_of(cfg: TrainConfig, init_cfg: dict | None = None) -> Preproce
 
 def augmentation_of(cfg: TrainConfig) -> Augmentation:
     return Augmentation(scale_min=cfg.scale_min, ratio=(1 / cfg.max_aspect, cfg.max_aspect), zoom_out=cfg.zoom_out,
+                        aperture=cfg.aperture, channel_gain=cfg.channel_gain,
                         rotate_degrees=cfg.rotate_degrees, color_jitter=cfg.color_jitter,
                         rand_augment=cfg.rand_augment, random_erasing=cfg.random_erasing)
 
