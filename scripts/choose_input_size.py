@@ -10,6 +10,8 @@ config.json and resets the temperature: refit it afterwards with `evaluate.py --
 Sizes whose balanced accuracy is within --tie of the best count as tied (on ~1,000 validation images
 with classes of 12-16 lesions its standard error is ~0.03); among them the lowest NLL wins, since NLL,
 a proper scoring rule, also rewards the calibration the app shows.
+--fov-crop / --no-fov-crop score (and --write stores) the sizes with the dermatoscope field-of-view crop
+on or off (`Preprocessing.fov_crop`; default: as the folder has it).
 """
 
 from __future__ import annotations
@@ -38,12 +40,17 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--tie", type=float, default=0.005, help="balanced-accuracy margin treated as a tie")
     p.add_argument("--write", action="store_true", help="store the best size in the model folder")
+    p.add_argument("--fov-crop", action=argparse.BooleanOptionalAction, default=None,
+                   help="crop to a dermatoscope's field of view first (default: as the folder has it)")
     args = p.parse_args()
 
     folder = Path(args.model)
     loaded = load_model_folder(folder)
     table = select_split(load_table(args.data), read_manifest(folder / MANIFEST_FILE), "val")
     trained_at = loaded.preprocessing.input_size
+    if args.fov_crop is not None:
+        loaded = dataclasses.replace(loaded, preprocessing=dataclasses.replace(loaded.preprocessing,
+                                                                              fov_crop=args.fov_crop))
     rows = []
     for size in args.sizes:
         pre = dataclasses.replace(loaded.preprocessing, input_size=size)
@@ -61,10 +68,12 @@ def main() -> None:
     best = min((r for r in rows if r["balanced_accuracy"] >= top - args.tie), key=lambda r: r["nll"])
     print(f"trained at {trained_at}; best on validation ({len(table.frame)} images, TTA {predictor.tta}): "
           f"{best['input_size']} px, balanced accuracy {best['balanced_accuracy']:.4f}, NLL {best['nll']:.4f} "
-          f"(ties within {args.tie} broken by NLL)")
-    if args.write and best["input_size"] != trained_at:
-        set_preprocessing(folder, dataclasses.replace(loaded.preprocessing, input_size=best["input_size"]))
-        print(f"wrote input_size {best['input_size']} to {folder}/config.json; now refit the temperature")
+          f"(ties within {args.tie} broken by NLL; field-of-view crop {'on' if loaded.preprocessing.fov_crop else 'off'})")
+    chosen = dataclasses.replace(loaded.preprocessing, input_size=best["input_size"])
+    if args.write and chosen != load_model_folder(folder).preprocessing:
+        set_preprocessing(folder, chosen)
+        print(f"wrote input_size {best['input_size']}, fov_crop {chosen.fov_crop} to {folder}/config.json; "
+              "now refit the temperature and the feature extras")
 
 
 if __name__ == "__main__":

@@ -109,13 +109,15 @@ def test_predict_api_keeps_its_eight_outputs_and_the_extras_stay_private(registr
         assert details["out_of_distribution"] is True and {"ood_score", "ood_threshold"} <= set(details)
 
 
-def test_model_card_states_the_aperture_limitation_only_for_block_statistics():
+def test_model_card_states_the_aperture_limitation_only_for_block_statistics_without_the_crop():
     from skinlesion.models.card import _feature_extras_lines
 
-    def card(params):
+    def card(params, fov_crop=False):
         detector = {"file": "ood_stats.safetensors", "method": "m", "threshold": -1.0, "quantile": 0.01,
                     "params": params}
-        return "\n".join(_feature_extras_lines({"ood_detector": detector}, Path("/nonexistent")))
+        return "\n".join(_feature_extras_lines({"ood_detector": detector, "fov_crop": fov_crop}, Path("/nonexistent")))
 
     assert "circular field of view" in card({"taps": ["blocks.4"]})
     assert "circular field of view" not in card({})
+    cropped = card({"taps": ["blocks.4"]}, fov_crop=True)  # the surround is cropped away before the check
+    assert "Known limitation" not in cropped and "cropped away" in cropped

@@ -16,7 +16,7 @@ from PIL import Image
 from skinlesion import models as _models  # noqa: F401  (registers lesion_cnn and densenet201_se)
 from skinlesion.data.transforms import Preprocessing, eval_geometry
 from skinlesion.inference import cam
-from skinlesion.inference.overlay import heatmap_to_original, input_box, overlay_heatmap
+from skinlesion.inference.overlay import heatmap_to_original, image_region, input_box, overlay_heatmap
 from skinlesion.inference.tta import get_views
 
 FAMILIES = [
@@ -192,6 +192,28 @@ def test_input_box_inverts_eval_geometry(size, crop_pct):
     tol = 1.5 * max(w, h) / 255 + 1.0  # colour quantisation + one pixel
     np.testing.assert_allclose(got_x[2:-2], expected_x[2:-2], atol=tol)
     np.testing.assert_allclose(got_y[2:-2], expected_y[2:-2], atol=tol)
+
+
+def test_input_box_inverts_the_field_of_view_crop_too():
+    # As above, inside a dermatoscope circle (blue channel lit, so nothing inside is black) off the centre.
+    w, h = 240, 180
+    pre = Preprocessing(input_size=32, crop_pct=1.0, interpolation="bilinear", fov_crop=True)
+    xx, yy = np.meshgrid(np.arange(w), np.arange(h))
+    coords = np.stack([xx * 255.0 / (w - 1), yy * 255.0 / (h - 1), np.full_like(xx, 255)], axis=-1)
+    coords[(xx - 140) ** 2 + (yy - 95) ** 2 > 70 ** 2] = 0
+    img = Image.fromarray(coords.round().astype(np.uint8))
+    region = image_region(img, pre)
+    assert region is not None and image_region(img, Preprocessing(input_size=32)) is None
+    seen = eval_geometry(pre)(img).numpy().astype(np.float64)
+    box = input_box((w, h), pre, region)
+    assert region[0] <= box.left < box.left + box.width <= region[2] + 1
+    u = np.arange(32) + 0.5
+    tol = 1.5 * w / 255 + 1.0
+    np.testing.assert_allclose((seen[0][16] * (w - 1) / 255.0)[2:-2], (box.left + u * box.width / 32 - 0.5)[2:-2], atol=tol)
+    np.testing.assert_allclose((seen[1][:, 16] * (h - 1) / 255.0)[2:-2], (box.top + u * box.height / 32 - 0.5)[2:-2],
+                               atol=tol)
+    heat = heatmap_to_original(np.ones((32, 32), np.float32), (w, h), pre, region)
+    assert heat[:, : region[0]].max() == 0.0 and heat[95, 140] == pytest.approx(1.0)  # nothing outside the crop
 
 
 def test_heatmap_to_original_places_the_map_in_the_crop():

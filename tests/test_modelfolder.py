@@ -150,3 +150,29 @@ def test_color_constancy_travels_from_the_training_config_to_the_predictor(tiny_
     mean = torch.tensor(corrected.preprocessing.mean).view(3, 1, 1)
     std = torch.tensor(corrected.preprocessing.std).view(3, 1, 1)
     torch.testing.assert_close(x, (expected - mean) / std)  # the model sees the corrected ones
+
+
+def test_fov_crop_travels_from_the_training_config_to_the_predictor_and_its_cam(tiny_model_folder):
+    import dataclasses
+
+    from skinlesion.inference.predictor import Predictor
+    from skinlesion.models.folder import set_preprocessing
+
+    assert training.preprocessing_of(tiny_config(Path("data"), Path("out"), fov_crop=True)).fov_crop is True
+    plain = load_model_folder(tiny_model_folder)
+    assert plain.preprocessing.fov_crop is False
+    set_preprocessing(tiny_model_folder, dataclasses.replace(plain.preprocessing, fov_crop=True))
+    stored = json.loads((tiny_model_folder / "config.json").read_text())
+    assert stored["skinlesion"]["fov_crop"] is True and "fov_crop" not in stored["pretrained_cfg"]
+    timm.create_model(f"local-dir:{tiny_model_folder}", pretrained=True)  # plain timm still loads it
+    cropping = Predictor.from_pretrained(tiny_model_folder)
+    assert cropping.preprocessing.fov_crop is True
+    a = np.full((150, 200, 3), (190, 140, 120), np.uint8)
+    yy, xx = np.mgrid[:150, :200]
+    a[(xx - 100) ** 2 + (yy - 75) ** 2 > 65 ** 2] = 0  # an uncropped dermatoscope's black surround
+    img = Image.fromarray(a)
+    _, shown = cropping.preprocess(img)
+    assert (np.asarray(shown).max(axis=2) < 16).mean() <= 0.01  # what the model sees has no black corners
+    explanation = cropping.explain(img, method="gradcam")
+    assert explanation.heatmap[:20, :20].max() == 0.0  # the corners were never seen: no heat there
+    assert np.array_equal(np.asarray(explanation.overlay)[:5, :5], a[:5, :5])  # and no tint

@@ -15,12 +15,14 @@ from PIL import Image
 from skinlesion.data import LesionDataset, LesionTable, balanced_sampler, build_cache, class_weights
 from skinlesion.data.transforms import (
     Augmentation,
+    FovCrop,
     Preprocessing,
     RandomAperture,
     RandomChannelGain,
     ShadesOfGray,
     eval_geometry,
     eval_transform,
+    fov_region,
     resize_size,
     train_transform,
 )
@@ -208,3 +210,57 @@ def test_color_constancy_is_part_of_the_stored_preprocessing() -> None:
     assert not torch.allclose(eval_transform(pre)(img), eval_transform(PRE)(img))
     with pytest.raises(ValueError, match="color_constancy"):
         Preprocessing(color_constancy="retinex")
+
+
+def framed(img: Image.Image, diameter: float, centre: tuple[float, float] | None = None) -> torch.Tensor:
+    """uint8 (3, H, W): `img` seen through a circular dermatoscope field of view, black outside."""
+    a = np.asarray(img).copy()
+    h, w = a.shape[:2]
+    cx, cy = centre or (w / 2, h / 2)
+    yy, xx = np.mgrid[:h, :w]
+    a[(xx - cx) ** 2 + (yy - cy) ** 2 > (diameter * min(h, w) / 2) ** 2] = 0
+    return torch.from_numpy(a).permute(2, 0, 1).contiguous()
+
+
+def test_fov_region_is_the_largest_black_free_square_inside_a_dermatoscope_circle() -> None:
+    lesion = synthetic_lesion(5, (200, 150))
+    x = framed(lesion, 0.9)
+    x0, y0, x1, y1 = fov_region(x)
+    side = 0.9 * 150 / 2 ** 0.5  # the square inscribed in the circle (1% black allowed: a little larger)
+    assert side - 2 <= x1 - x0 <= 1.1 * side and side - 2 <= y1 - y0 <= 1.1 * side
+    assert abs((x0 + x1) / 2 - 100) <= 2 and abs((y0 + y1) / 2 - 75) <= 2
+    assert (x[:, y0:y1, x0:x1].amax(dim=0) < 16).float().mean() <= 0.01
+    off = framed(lesion, 0.8, centre=(120, 70))  # an aperture need not be centred
+    x0, y0, x1, y1 = fov_region(off)
+    assert abs((x0 + x1) / 2 - 120) <= 3 and abs((y0 + y1) / 2 - 70) <= 3
+    x0, y0, x1, y1 = fov_region(x)
+    cropped = FovCrop()(x)
+    assert tuple(cropped.shape) == (3, y1 - y0, x1 - x0) and torch.equal(cropped, x[:, y0:y1, x0:x1])
+    assert (cropped.amax(dim=0) < 16).float().mean() <= 0.01
+
+
+def test_fov_crop_leaves_photos_without_a_black_surround_alone() -> None:
+    lesion = torch.from_numpy(np.array(synthetic_lesion(6, (200, 150)))).permute(2, 0, 1).contiguous()
+    assert fov_region(lesion) is None and torch.equal(FovCrop()(lesion), lesion)
+    dark_middle = lesion.clone()
+    dark_middle[:, 50:100, 70:130] = 0  # a black lesion, not a surround
+    assert fov_region(dark_middle) is None
+    one_corner = lesion.clone()
+    one_corner[:, :30, :30] = 0  # a single dark corner (a shadow, a label)
+    assert fov_region(one_corner) is None
+    tiny = framed(synthetic_lesion(6, (200, 150)), 0.2)  # a pinhole: nothing sensible to crop to
+    assert fov_region(tiny) is None
+
+
+def test_fov_crop_is_part_of_the_stored_preprocessing_and_of_every_eval_path() -> None:
+    pre = Preprocessing(input_size=48, fov_crop=True)
+    assert Preprocessing.from_timm(json.loads(json.dumps(pre.to_timm())), fov_crop=True) == pre
+    assert Preprocessing.from_timm(pre.to_timm()).fov_crop is False  # folders written before the option
+    lesion = synthetic_lesion(7, (200, 150))
+    x = framed(lesion, 0.9)
+    assert torch.equal(eval_geometry(pre)(lesion), eval_geometry(PRE)(lesion))  # no surround: no change
+    seen = eval_geometry(pre)(x)
+    assert (seen.amax(dim=0) < 16).float().mean() <= 0.01  # the model no longer sees the black corners
+    assert (eval_geometry(PRE)(x).amax(dim=0) < 16).float().mean() > 0.1
+    out = train_transform(pre, Augmentation())(x)
+    assert out.shape == (3, 48, 48)

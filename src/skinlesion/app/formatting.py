@@ -17,8 +17,9 @@ DISPLAY_MAX_SIDE = 1024          # overlays/heatmaps are shown (and returned by 
 OOD_REFUSAL = ("This does not look like a dermoscopic image of a skin lesion; "
                "the classes below are not meaningful")
 
-# The layered check also refuses many real lesions framed by an uncropped dermatoscope's black circular field
-# of view (README "Not a dermoscopic image?"); cropping inside the circle is the user's workaround until it is fixed.
+# The layered check reads an uncropped dermatoscope's black circular surround as evidence against a lesion
+# (README "Not a dermoscopic image?"). Folders with `fov_crop` crop a surround they recognise (black in at least
+# two corners) themselves; for the rest, and for folders without it, cropping inside the circle is the workaround.
 APERTURE_HINT = ("If it is one, with a black circle or black corners around the field of view, crop to the "
                  "inside of the circle and try again.")
 

@@ -35,6 +35,11 @@ class Preprocessing:
     # and cameras differ in white balance from clinic to clinic; normalising it is the standard defence
     # (Barata et al. 2015; used by ISIC 2018/2019 winners) and costs nothing at inference.
     color_constancy: str = "none"
+    # Crop to the dermatoscope's field of view first when the photo shows its black surround (`FovCrop`):
+    # an uncropped contact dermatoscope delivers a bright disc in black corners, which HAM10000 (cropped)
+    # rarely shows; the black is not image content, and the not-a-dermoscopic-image check read it as
+    # evidence (README "Not a dermoscopic image?"). Photos without a black surround are untouched.
+    fov_crop: bool = False
 
     def __post_init__(self) -> None:
         if self.input_size < 1:
@@ -53,9 +58,9 @@ class Preprocessing:
                 "interpolation": self.interpolation}
 
     @classmethod
-    def from_timm(cls, cfg: dict, color_constancy: str = "none") -> Preprocessing:
-        """From timm's pretrained_cfg; colour constancy is not a timm field (timm's PretrainedCfg rejects
-        unknown keys), so the model folder keeps it beside pretrained_cfg and passes it in here."""
+    def from_timm(cls, cfg: dict, color_constancy: str = "none", fov_crop: bool = False) -> Preprocessing:
+        """From timm's pretrained_cfg; colour constancy and the field-of-view crop are not timm fields (timm's
+        PretrainedCfg rejects unknown keys), so the model folder keeps them beside pretrained_cfg."""
         size = cfg.get("input_size", (3, DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE))
         if isinstance(size, int):
             size = (3, size, size)
@@ -67,7 +72,7 @@ class Preprocessing:
                    std=tuple(float(v) for v in cfg.get("std", DEFAULT_STD)),
                    crop_pct=float(cfg.get("crop_pct", DEFAULT_CROP_PCT)),
                    interpolation=str(cfg.get("interpolation", DEFAULT_INTERPOLATION)),
-                   color_constancy=str(color_constancy))
+                   color_constancy=str(color_constancy), fov_crop=bool(fov_crop))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -124,6 +129,63 @@ class ShadesOfGray(torch.nn.Module):
         return (x * gain).round_().clamp_(0, 255).to(torch.uint8)
 
 
+FOV_BLACK = 16             # uint8 level below which, in every channel, a pixel is the dermatoscope's black surround
+FOV_CORNER = 0.08          # corner patches (share of the short side) that must be mostly black ...
+FOV_CORNER_DARK = 0.8      # ... this share of their pixels, in at least two of the four corners
+FOV_MAX_DARK = 0.01        # the crop may keep this share of black pixels (a ragged rim)
+FOV_MIN_SIDE = 0.25        # a field of view smaller than this share of the short side is not cropped to
+
+
+def fov_region(img: torch.Tensor) -> tuple[int, int, int, int] | None:
+    """uint8 (3, H, W) image -> (left, top, right, bottom) of the largest square around the field of view's
+    centre that is (almost) free of black, when the image shows a dermatoscope's black surround; else None.
+
+    The surround is recognised by black corners (at least two of four), so a photo that merely has dark
+    areas is left alone; the centre is the centroid of the non-black pixels (an aperture need not be
+    centred), and the square's half-side is found by bisection on an integral image of the black mask.
+    """
+    dark = img.amax(dim=-3) < FOV_BLACK  # (H, W)
+    h, w = dark.shape
+    short = min(h, w)
+    c = max(1, int(FOV_CORNER * short))
+    corners = (dark[:c, :c], dark[:c, -c:], dark[-c:, :c], dark[-c:, -c:])
+    if sum(float(k.float().mean()) >= FOV_CORNER_DARK for k in corners) < 2:
+        return None
+    ys, xs = (~dark).nonzero(as_tuple=True)
+    if ys.numel() == 0:
+        return None
+    cy, cx = float(ys.float().mean()), float(xs.float().mean())
+    integral = torch.nn.functional.pad(dark.to(torch.int64).cumsum(0).cumsum(1), (1, 0, 1, 0))
+
+    def square(r: int) -> tuple[int, int, int, int]:
+        return (max(0, round(cx - r)), max(0, round(cy - r)), min(w, round(cx + r)), min(h, round(cy + r)))
+
+    def dark_share(r: int) -> float:
+        x0, y0, x1, y1 = square(r)
+        n = int(integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0])
+        return n / max(1, (x1 - x0) * (y1 - y0))
+
+    lo, hi = 1, max(h, w)  # dark_share(lo) <= FOV_MAX_DARK < dark_share(hi): the whole image has black corners
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if dark_share(mid) <= FOV_MAX_DARK else (lo, mid)
+    x0, y0, x1, y1 = square(lo)
+    if min(x1 - x0, y1 - y0) < FOV_MIN_SIDE * short:
+        return None
+    return x0, y0, x1, y1
+
+
+class FovCrop(torch.nn.Module):
+    """Crop a uint8 (3, H, W) image to `fov_region` (unchanged when it shows no dermatoscope surround)."""
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        region = fov_region(img)
+        if region is None:
+            return img
+        x0, y0, x1, y1 = region
+        return v2.functional.crop(img, y0, x0, y1 - y0, x1 - x0)
+
+
 def _to_float(pre: Preprocessing) -> list:
     # Colour constancy sits here, after the geometry, so the displayable crop (eval_geometry) keeps the
     # photo's own colours while every path into the model (training, Predictor, evaluation) applies it.
@@ -140,6 +202,7 @@ def eval_geometry(pre: Preprocessing) -> v2.Compose:
     """Resize + centre crop only: the image 'as the model sees it' (still uint8, displayable)."""
     return v2.Compose([
         v2.ToImage(),
+        *([FovCrop()] if pre.fov_crop else []),
         v2.Resize(resize_size(pre), interpolation=_interp(pre.interpolation), antialias=True),
         v2.CenterCrop(pre.input_size),
     ])
@@ -196,7 +259,7 @@ class RandomChannelGain(torch.nn.Module):
 def train_transform(pre: Preprocessing, aug: Augmentation) -> v2.Compose:
     # Augmentation runs per sample in DataLoader workers that share 2 CPU cores with the model, so
     # every op here is chosen to be cheap on small uint8 tensors (see `skinlesion bench train`).
-    ops: list = [v2.ToImage()]
+    ops: list = [v2.ToImage(), *([FovCrop()] if pre.fov_crop else [])]
     if aug.zoom_out > 0:
         ops.append(v2.RandomZoomOut(fill=0, side_range=(1.0, 1.5), p=aug.zoom_out))
     if aug.aperture > 0:

@@ -1,7 +1,7 @@
 """From a map in the model-input frame back to the user's photo: geometry and colour overlay.
 
-The model sees a resized, centre-cropped square (`transforms.eval_geometry`). `input_box` inverts
-that geometry, so a CAM lands on the pixels it came from; pixels the crop cut away get heat 0 and
+The model sees a resized, centre-cropped square (`transforms.eval_geometry`), of the dermatoscope's
+field of view when the folder crops to it (`transforms.fov_region`). `input_box` inverts that geometry, so a CAM lands on the pixels it came from; pixels the crop cut away get heat 0 and
 stay untinted in the overlay (the model never saw them). The map is resized once, to the box.
 """
 
@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image
 
-from ..data.transforms import Preprocessing, resize_size
+from ..data.transforms import Preprocessing, fov_region, resize_size
 
 
 @dataclass(frozen=True)
@@ -41,19 +42,30 @@ def _crop_offset(resized: int, crop: int) -> int:
     return -((crop - resized) // 2)
 
 
-def input_box(original_size: tuple[int, int], pre: Preprocessing) -> Box:
-    """The model-input square of `eval_geometry(pre)` mapped back onto an image of `original_size` (W, H)."""
-    w, h = original_size
-    rw, rh = _resized_size(original_size, resize_size(pre))
+def image_region(image: Image.Image, pre: Preprocessing) -> tuple[int, int, int, int] | None:
+    """The field-of-view crop `eval_geometry(pre)` makes of this image (left, top, right, bottom), or None."""
+    if not pre.fov_crop:
+        return None
+    return fov_region(torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1))
+
+
+def input_box(original_size: tuple[int, int], pre: Preprocessing,
+              region: tuple[int, int, int, int] | None = None) -> Box:
+    """The model-input square of `eval_geometry(pre)` mapped back onto an image of `original_size` (W, H);
+    `region`: the field-of-view crop taken first (`image_region`)."""
+    x0, y0 = (region[0], region[1]) if region is not None else (0, 0)
+    w, h = (region[2] - region[0], region[3] - region[1]) if region is not None else original_size
+    rw, rh = _resized_size((w, h), resize_size(pre))
     sx, sy = w / rw, h / rh
     s = pre.input_size
-    return Box(left=_crop_offset(rw, s) * sx, top=_crop_offset(rh, s) * sy, width=s * sx, height=s * sy)
+    return Box(left=x0 + _crop_offset(rw, s) * sx, top=y0 + _crop_offset(rh, s) * sy, width=s * sx, height=s * sy)
 
 
-def heatmap_to_original(heatmap: np.ndarray, original_size: tuple[int, int], pre: Preprocessing) -> np.ndarray:
+def heatmap_to_original(heatmap: np.ndarray, original_size: tuple[int, int], pre: Preprocessing,
+                        region: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """(S, S) map in the model-input frame -> (H, W) float32 map on the original image, 0 outside the crop."""
     w, h = original_size
-    box = input_box(original_size, pre)
+    box = input_box(original_size, pre, region)
     bw, bh = max(1, round(box.width)), max(1, round(box.height))
     left, top = round(box.left), round(box.top)
     scaled = cv2.resize(np.asarray(heatmap, dtype=np.float32), (bw, bh), interpolation=cv2.INTER_LINEAR)

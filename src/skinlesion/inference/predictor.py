@@ -375,8 +375,10 @@ class Predictor:
         target_label = self.label_names[index]
         with self._lock:
             maps = cam.compute_cam(self.loaded.model, batch, index, method=method, views=tta_views.get_views(mode))
-        heatmap = overlay.heatmap_to_original(maps[0].numpy(), rgb.size, self.preprocessing)
-        blended = overlay.overlay_heatmap(rgb, heatmap, alpha=alpha, box=overlay.input_box(rgb.size, self.preprocessing))
+        region = overlay.image_region(rgb, self.preprocessing)  # the field-of-view crop, when the folder makes one
+        heatmap = overlay.heatmap_to_original(maps[0].numpy(), rgb.size, self.preprocessing, region)
+        blended = overlay.overlay_heatmap(rgb, heatmap, alpha=alpha,
+                                          box=overlay.input_box(rgb.size, self.preprocessing, region))
         return Explanation(heatmap=heatmap, overlay=blended, target_label=target_label, method=method.lower(),
                            prediction=prediction)
 

@@ -151,15 +151,20 @@ def _feature_extras_lines(extras: dict, folder: Path) -> list[str]:
     lines = ["## Not a dermoscopic image? Similar cases", ""]
     if detector:
         taps = (detector.get("params") or {}).get("taps") or []
+        fov_crop = bool(extras.get("fov_crop"))  # transforms.FovCrop removes the surround before the check
         where = "penultimate-layer features" + (f" and the spatial mean/std of blocks {', '.join(f'`{t}`' for t in taps)}"
                                                 if taps else "")
         lines.append(f"- `{detector.get('file')}`: out-of-distribution statistics, `{detector.get('method')}` on the "
                      f"{where} of the training split; an image scoring below "
                      f"{_fmt(detector.get('threshold'), 4)} (the {_fmt(100 * (detector.get('quantile') or 0), 2)}% "
                      "quantile of the validation split) is refused as not dermoscopic.")
-        if taps:  # measured in README "Not a dermoscopic image?" (scripts/measure_ood.py, aperture shift)
+        # measured in README "Not a dermoscopic image?" (scripts/measure_ood.py, aperture shift)
+        if taps and not fov_crop:
             lines.append("- Known limitation: the block statistics also respond to an uncropped dermatoscope's black "
                          "circular field of view, so such lesion images are often refused; crop inside the circle.")
+        elif taps:
+            lines.append("- An uncropped dermatoscope's black circular surround is cropped away before the check "
+                         "(`fov_crop`); the block statistics would otherwise read it as evidence against a lesion.")
         lines += _ood_measured_lines(folder)
     else:
         lines.append(f"- No out-of-distribution statistics: the not-a-dermoscopic-image check is off (fit with {fit}).")
@@ -221,6 +226,13 @@ def render_model_card(folder: str | Path) -> str:
             "`Predictor` applies it; timm's own `create_transform` does not know it, so with plain timm apply "
             "`skinlesion.data.transforms.ShadesOfGray` to the uint8 image before normalising.",
         ] if config.get("skinlesion", {}).get("color_constancy", "none") != "none" else []),
+        *([
+            "",
+            "Preprocessing first crops a photo that shows a dermatoscope's black circular surround to the largest "
+            "square inside its field of view (`skinlesion.fov_crop` in `config.json`; photos without one are "
+            "untouched): `Predictor` does it; with plain timm apply `skinlesion.data.transforms.FovCrop` to the "
+            "uint8 image first.",
+        ] if config.get("skinlesion", {}).get("fov_crop") else []),
         "",
         "## Training",
         "",

@@ -75,7 +75,7 @@ def build_config(architecture: str, label_names: list[str], preprocessing: Prepr
         # Not inside pretrained_cfg: timm's PretrainedCfg rejects unknown keys, which would break
         # `timm.create_model("local-dir:...", pretrained=True)` and hf-hub: loading.
         SECTION: {"format_version": FORMAT_VERSION, "color_constancy": preprocessing.color_constancy,
-                  **(extras or {})},
+                  "fov_crop": preprocessing.fov_crop, **(extras or {})},
     }
 
 
@@ -128,6 +128,7 @@ def set_preprocessing(folder: str | Path, preprocessing: Preprocessing) -> dict:
     config["pretrained_cfg"] = {**config["pretrained_cfg"], **preprocessing.to_timm()}
     extras = config.setdefault(SECTION, {})
     extras["color_constancy"] = preprocessing.color_constancy
+    extras["fov_crop"] = preprocessing.fov_crop
     extras["temperature"] = 1.0
     for stale in ("calibration", "ood", *FEATURE_EXTRAS):
         extras.pop(stale, None)
@@ -219,7 +220,8 @@ def load_model_folder(source: str | Path, *, revision: str | None = None, device
     extras = dict(config.get(SECTION, {}))
     return LoadedModel(model=model, architecture=arch, label_names=list(labels),
                        preprocessing=Preprocessing.from_timm(config["pretrained_cfg"],
-                                                             extras.get("color_constancy", "none")),
+                                                             extras.get("color_constancy", "none"),
+                                                             extras.get("fov_crop", False)),
                        extras=extras, source=str(source))
 
 

@@ -42,6 +42,7 @@ class TrainConfig:
     crop_pct: float = DEFAULT_CROP_PCT
     interpolation: str = DEFAULT_INTERPOLATION
     color_constancy: str = "none"        # none or shades_of_gray (stored in the model folder, applied at inference)
+    fov_crop: bool = False               # crop to a dermatoscope's field of view when the photo shows its black surround
     scale_min: float = 0.35              # RandomResizedCrop lower area bound
     max_aspect: float = 4 / 3            # RandomResizedCrop aspect range (1/max_aspect, max_aspect): squashed images
     zoom_out: float = 0.0                # probability of a zoom-out onto a black canvas (wider field of view)
@@ -187,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image-size", type=int)
     g.add_argument("--crop-pct", type=float)
     g.add_argument("--color-constancy", choices=COLOR_CONSTANCY)
+    g.add_argument("--fov-crop", action=bool_flag, default=None,
+                   help="crop to a dermatoscope's field of view first (stored in the model folder)")
     g.add_argument("--scale-min", type=float)
     g.add_argument("--max-aspect", type=float, help="crop aspect range 1/x..x (4/3 default)")
     g.add_argument("--zoom-out", type=float, help="probability of a zoom-out onto a black canvas")

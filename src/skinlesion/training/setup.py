@@ -72,7 +72,8 @@ def preprocessing_of(cfg: TrainConfig, init_cfg: dict | None = None) -> Preproce
         mean = tuple(init_cfg["pretrained_cfg"].get("mean", DEFAULT_MEAN))
         std = tuple(init_cfg["pretrained_cfg"].get("std", DEFAULT_STD))
     return Preprocessing(input_size=cfg.image_size, mean=mean, std=std, crop_pct=cfg.crop_pct,
-                         interpolation=cfg.interpolation, color_constancy=cfg.color_constancy)
+                         interpolation=cfg.interpolation, color_constancy=cfg.color_constancy,
+                         fov_crop=cfg.fov_crop)
 
 
 def augmentation_of(cfg: TrainConfig) -> Augmentation:
