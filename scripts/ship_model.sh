@@ -30,6 +30,19 @@ for f in model.safetensors config.json ood_stats.safetensors case_index.safetens
          confusion_matrix_val.png train_summary.json eval; do
   [[ -e $SRC/$f ]] && run cp -r "$SRC/$f" "$DEST/"
 done
+# The recorded commands (fit-features in config.json, evaluate.py in the reports) named $SRC; the same files
+# now live in $DEST, so they name it, and anyone can rerun them on the shipped folder.
+run $PY - "$SRC" "$DEST" <<'PY'
+import sys
+from pathlib import Path
+src, dest = (a.rstrip("/") for a in sys.argv[1:3])
+names = [(src, dest), (f'"{Path(src).name}"', f'"{Path(dest).name}"'), (f"## {Path(src).name}", f"## {Path(dest).name}")]
+for path in [Path(dest, "config.json"), *Path(dest, "eval").glob("*/report.json"), *Path(dest, "eval").glob("*/report.md")]:
+    text = path.read_text()
+    for old, new in names:
+        text = text.replace(old, new)
+    path.write_text(text)
+PY
 run $PY -c "import sys; from skinlesion.models.card import write_model_card; write_model_card(sys.argv[1])" "$DEST"
 run $PY scripts/make_examples.py --model "$DEST" --data "$HAM" --out examples
 BENCH=$(mktemp -d)

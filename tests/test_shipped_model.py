@@ -33,6 +33,28 @@ def test_shipped_model_holds_its_model_card_balanced_accuracy(shared_data, tmp_p
     )
 
 
+@pytest.mark.realdata
+def test_shipped_model_crops_an_uncropped_dermatoscope_and_accepts_the_lesion(shared_data):
+    """The shipped folder crops a black circular surround away (fov_crop) before classifying and checking;
+    without it, its layered OOD check refused about half of such lesions (README "Not a dermoscopic image?")."""
+    import numpy as np
+
+    from skinlesion import Predictor
+    from skinlesion.data import load_table, read_manifest, select_split
+    from skinlesion.evaluation.shifts import aperture_shift
+
+    predictor = Predictor.from_pretrained(WEIGHTS, tta="none")
+    assert predictor.preprocessing.fov_crop is True
+    val = select_split(load_table(shared_data / "HAM10000"), read_manifest(WEIGHTS / "split_manifest.csv"), "val")
+    framed = [aperture_shift(path, i) for i, path in enumerate(val.frame["path"].tolist()[:40])]
+    for image in framed[:5]:
+        _, shown = predictor.preprocess(image)
+        assert (np.asarray(shown).max(axis=2) < 16).mean() <= 0.01  # the model sees no black corners
+    flagged = sum(p.out_of_distribution for p in predictor.predict(framed))
+    # 2.8% expected (README, 1,006 framed validation lesions); 4 or more of 40 has probability < 3%
+    assert flagged <= 3, f"{flagged} of 40 aperture-framed validation lesions refused"
+
+
 def test_shipped_model_folder_is_complete_and_loads():
     from skinlesion import Predictor
 
