@@ -106,6 +106,8 @@ def test_train_config_carries_and_checks_the_acquisition_augmentations() -> None
     assert any(isinstance(op, RandomAperture) for op in train_transform(PRE, aug).transforms)
     with pytest.raises(ValueError, match="aperture"):
         TrainConfig(aperture=1.5)
+    with pytest.raises(ValueError, match="exclude each other"):
+        TrainConfig(aperture=0.3, fov_crop=True)
 
 
 def test_preprocessing_timm_round_trip_through_json() -> None:

@@ -126,6 +126,11 @@ class TrainConfig:
             problems.append(f"max_aspect must be >= 1 and zoom_out in [0, 1]; got {self.max_aspect}, {self.zoom_out}")
         if not 0 <= self.aperture <= 1 or not 0 <= self.channel_gain < 1:
             problems.append(f"aperture must be in [0, 1] and channel_gain in [0, 1); got {self.aperture}, {self.channel_gain}")
+        if self.aperture > 0 and self.fov_crop:
+            # FovCrop comes first in training and evaluation, so it would never see the circles the augmentation
+            # draws afterwards: the model would train on surrounds it is never served.
+            problems.append("aperture augmentation and fov_crop exclude each other (the crop removes what the "
+                            "augmentation teaches); use one")
         if self.color_jitter < 0 or self.weight_decay < 0 or self.workers < 0:
             problems.append("color_jitter, weight_decay and workers must not be negative")
         if problems:
