@@ -241,6 +241,15 @@ def test_fov_region_is_the_largest_black_free_square_inside_a_dermatoscope_circl
     assert (cropped.amax(dim=0) < 16).float().mean() <= 0.01
 
 
+def test_fov_region_of_a_large_photo_is_found_on_a_subsample_and_mapped_back() -> None:
+    big = framed(synthetic_lesion(8, (2400, 1800)), 0.9)  # a phone-camera-sized dermatoscope photo
+    x0, y0, x1, y1 = fov_region(big)
+    side = 0.9 * 1800 / 2 ** 0.5
+    assert side - 20 <= x1 - x0 <= 1.1 * side and side - 20 <= y1 - y0 <= 1.1 * side
+    assert abs((x0 + x1) / 2 - 1200) <= 15 and abs((y0 + y1) / 2 - 900) <= 15
+    assert (big[:, y0:y1, x0:x1].amax(dim=0) < 16).float().mean() <= 0.015
+
+
 def test_fov_crop_leaves_photos_without_a_black_surround_alone() -> None:
     lesion = torch.from_numpy(np.array(synthetic_lesion(6, (200, 150)))).permute(2, 0, 1).contiguous()
     assert fov_region(lesion) is None and torch.equal(FovCrop()(lesion), lesion)
