@@ -152,7 +152,7 @@ def fov_region(img: torch.Tensor) -> tuple[int, int, int, int] | None:
     short = min(h, w)
     c = max(1, int(FOV_CORNER * short))
     corners = (dark[:c, :c], dark[:c, -c:], dark[-c:, :c], dark[-c:, -c:])
-    if sum(float(k.float().mean()) >= FOV_CORNER_DARK for k in corners) < 2:
+    if sum(float(patch.float().mean()) >= FOV_CORNER_DARK for patch in corners) < 2:
         return None
     ys, xs = (~dark).nonzero(as_tuple=True)
     if ys.numel() == 0:
