@@ -47,7 +47,7 @@ def main() -> None:
     folder = Path(args.model)
     loaded = load_model_folder(folder)
     table = select_split(load_table(args.data), read_manifest(folder / MANIFEST_FILE), "val")
-    trained_at = loaded.preprocessing.input_size
+    stored, trained_at = loaded.preprocessing, loaded.preprocessing.input_size
     if args.fov_crop is not None:
         loaded = dataclasses.replace(loaded, preprocessing=dataclasses.replace(loaded.preprocessing,
                                                                               fov_crop=args.fov_crop))
@@ -70,7 +70,7 @@ def main() -> None:
           f"{best['input_size']} px, balanced accuracy {best['balanced_accuracy']:.4f}, NLL {best['nll']:.4f} "
           f"(ties within {args.tie} broken by NLL; field-of-view crop {'on' if loaded.preprocessing.fov_crop else 'off'})")
     chosen = dataclasses.replace(loaded.preprocessing, input_size=best["input_size"])
-    if args.write and chosen != load_model_folder(folder).preprocessing:
+    if args.write and chosen != stored:
         set_preprocessing(folder, chosen)
         print(f"wrote input_size {best['input_size']}, fov_crop {chosen.fov_crop} to {folder}/config.json; "
               "now refit the temperature and the feature extras")

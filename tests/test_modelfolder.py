@@ -173,6 +173,12 @@ def test_fov_crop_travels_from_the_training_config_to_the_predictor_and_its_cam(
     img = Image.fromarray(a)
     _, shown = cropping.preprocess(img)
     assert (np.asarray(shown).max(axis=2) < 16).mean() <= 0.01  # what the model sees has no black corners
-    explanation = cropping.explain(img, method="gradcam")
-    assert explanation.heatmap[:20, :20].max() == 0.0  # the corners were never seen: no heat there
-    assert np.array_equal(np.asarray(explanation.overlay)[:5, :5], a[:5, :5])  # and no tint
+    # The overlay tints exactly the pixels the model saw. (75, 40) lies inside the circle but outside the square
+    # cropped from it, while the plain centre crop (x ~28-172) would include it: untinted only if the CAM is
+    # mapped back through the field-of-view crop.
+    overlay = np.asarray(cropping.explain(img, method="gradcam").overlay)
+    assert np.array_equal(overlay[75, 40], a[75, 40]) and np.array_equal(overlay[:5, :5], a[:5, :5])
+    assert not np.array_equal(overlay[75, 100], a[75, 100])  # the centre, which the model saw, is tinted
+    plain = np.asarray(Predictor(dataclasses.replace(cropping.loaded, preprocessing=dataclasses.replace(
+        cropping.preprocessing, fov_crop=False))).explain(img, method="gradcam").overlay)
+    assert not np.array_equal(plain[75, 40], a[75, 40])  # without the crop the model saw (and tints) it

@@ -273,5 +273,7 @@ def test_fov_crop_is_part_of_the_stored_preprocessing_and_of_every_eval_path() -
     seen = eval_geometry(pre)(x)
     assert (seen.amax(dim=0) < 16).float().mean() <= 0.01  # the model no longer sees the black corners
     assert (eval_geometry(PRE)(x).amax(dim=0) < 16).float().mean() > 0.1
-    out = train_transform(pre, Augmentation())(x)
-    assert out.shape == (3, 48, 48)
+    # training crops first too, so the few HAM10000 photos with a surround are trained on as they are served
+    assert isinstance(train_transform(pre, Augmentation()).transforms[1], FovCrop)
+    assert not any(isinstance(t, FovCrop) for t in train_transform(PRE, Augmentation()).transforms)
+    assert train_transform(pre, Augmentation())(x).shape == (3, 48, 48)

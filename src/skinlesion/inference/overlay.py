@@ -1,8 +1,9 @@
 """From a map in the model-input frame back to the user's photo: geometry and colour overlay.
 
 The model sees a resized, centre-cropped square (`transforms.eval_geometry`), of the dermatoscope's
-field of view when the folder crops to it (`transforms.fov_region`). `input_box` inverts that geometry, so a CAM lands on the pixels it came from; pixels the crop cut away get heat 0 and
-stay untinted in the overlay (the model never saw them). The map is resized once, to the box.
+field of view when the folder crops to it (`transforms.fov_region`). `input_box` inverts that geometry,
+so a CAM lands on the pixels it came from; pixels the crops cut away get heat 0 and stay untinted in
+the overlay (the model never saw them). The map is resized once, to the box.
 """
 
 from __future__ import annotations
