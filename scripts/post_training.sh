@@ -9,12 +9,15 @@
 # OOD candidates compared (measure_ood.py; read its table and set OOD_ARGS) -> OOD statistics and case
 # index (fit_features) -> test and external reports with the flag rate of every OOD folder.
 # OOD_ARGS defaults to the candidate the measure step chose by its validation-only rule ("chosen" in
-# $OUT/measure_ood/measure_ood.json); set it to override.
+# $OUT/measure_ood/measure_ood.json); set it to override. TAPS and COMBOS name the modules the measure step
+# taps (default: an EfficientNet/MobileNetV2's blocks; a feature_ensemble's are e.g. backbones.0.blocks.5).
 set -euo pipefail
 FOLDER=$1 HAM=$2 EXTERNAL=$3 SIZES=$4 OOD_ROOT=$5
 STEP=${STEP:-all}   # all, or one of: size temperature measure fit report
 PY=${PY:-python}
 OUT=${OUT:-runs/post_$(basename "$FOLDER")}
+TAPS=${TAPS:-blocks.0 blocks.1 blocks.2 blocks.3 blocks.4 blocks.5 blocks.6}
+COMBOS=${COMBOS:-blocks.5,blocks.6 blocks.4,blocks.5 blocks.4,blocks.5,blocks.6}
 chosen_ood_args() {
   $PY -c 'import json, sys; c = json.load(open(sys.argv[1]))["chosen"]; c or sys.exit("measure_ood: no eligible OOD candidate; set OOD_ARGS"); print(" ".join(c["fit_args"]))' \
     "$OUT/measure_ood/measure_ood.json"
@@ -33,9 +36,9 @@ if [[ $STEP == all || $STEP == temperature ]]; then
     --workers 2 --bootstrap 0 --out "$OUT/val"
 fi
 if [[ $STEP == all || $STEP == measure ]]; then
+  # shellcheck disable=SC2086
   run $PY scripts/measure_ood.py --model "$FOLDER" --data "$HAM" --external "$EXTERNAL" --ood-root "$OOD_ROOT" \
-    --out "$OUT/measure_ood" --taps blocks.0 blocks.1 blocks.2 blocks.3 blocks.4 blocks.5 blocks.6 \
-    --combos blocks.5,blocks.6 blocks.4,blocks.5 blocks.4,blocks.5,blocks.6 --dims 128 --vote-k 10 20 40
+    --out "$OUT/measure_ood" --taps $TAPS --combos $COMBOS --dims 128 --vote-k 10 20 40
 fi
 if [[ $STEP == all || $STEP == fit ]]; then
   OOD_ARGS=${OOD_ARGS:-$(chosen_ood_args)}

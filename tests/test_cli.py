@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Every subcommand and sub-subcommand; a new command must be added here (checked below).
 HELP_PATHS = [
-    ("predict",), ("explain",), ("export",), ("export", "onnx"), ("fit-features",),
+    ("predict",), ("explain",), ("export",), ("export", "onnx"), ("ensemble",), ("fit-features",),
     ("data",), ("data", "describe"), ("data", "split"), ("publish",), ("publish", "space"), ("publish", "model"),
     ("bench",), ("bench", "train"), ("bench", "inference"), ("bench", "app"),
 ]

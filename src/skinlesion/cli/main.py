@@ -27,6 +27,7 @@ COMMANDS = {
     "predict": Command("predict", "predict a folder of images into a CSV (calibrated, TTA, OOD flag, similar cases)"),
     "explain": Command("explain", "CAM overlays and predictions for images, with one model or side by side"),
     "export": Command("export", "write model.onnx into a model folder, checked against PyTorch"),
+    "ensemble": Command("ensemble", "combine trained model folders into one (calibrated geometric mean)"),
     "fit-features": Command("fit_features", "after training: the not-a-dermoscopic-image check and the "
                                             "similar-cases index"),
     "data": Command("data", "describe a dataset, or write a lesion-grouped split manifest"),

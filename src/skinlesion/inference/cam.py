@@ -101,8 +101,12 @@ def cam_target(model: nn.Module) -> CamTarget:
     from timm.models.resnet import ResNet
     from timm.models.vision_transformer import VisionTransformer
 
-    from ..models.architectures import LesionCNN
+    from ..models.architectures import FeatureEnsemble, LesionCNN
 
+    if isinstance(model, FeatureEnsemble):
+        # The members' last maps side by side: the gradient of the ensemble's logit weighs every member's
+        # channels, so the map explains the combined prediction, not one member's.
+        return CamTarget("feature_ensemble", model.fused)
     if isinstance(model, ResNet):
         return CamTarget("resnet", model.layer4[-1])
     if isinstance(model, DenseNet):  # includes our DenseNetSE: norm5 follows the last SE block
@@ -121,7 +125,7 @@ def cam_target(model: nn.Module) -> CamTarget:
         return CamTarget("vit", model.blocks[-1].norm1, reshape_for=_vit_reshape(model))
     raise UnsupportedModelError(
         f"no CAM target layer is defined for {type(model).__name__}; supported families: ResNet, DenseNet "
-        "(incl. densenet201_se), EfficientNet, MobileNetV3, ConvNeXt, ViT/DeiT, lesion_cnn. "
+        "(incl. densenet201_se), EfficientNet, MobileNetV3, ConvNeXt, ViT/DeiT, lesion_cnn, feature_ensemble. "
         "Add the family to skinlesion.inference.cam.cam_target."
     )
 

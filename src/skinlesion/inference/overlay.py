@@ -47,7 +47,8 @@ def image_region(image: Image.Image, pre: Preprocessing) -> tuple[int, int, int,
     """The field-of-view crop `eval_geometry(pre)` makes of this image (left, top, right, bottom), or None."""
     if not pre.fov_crop:
         return None
-    return fov_region(torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1))
+    # np.array, not asarray: a PIL buffer is read-only, and torch warns about wrapping a read-only array.
+    return fov_region(torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1))
 
 
 def input_box(original_size: tuple[int, int], pre: Preprocessing,

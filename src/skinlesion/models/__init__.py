@@ -1,11 +1,12 @@
 """Models: the architectures, the model folder that carries one, its card, and pretrained weights.
 
-- `architectures`: `create_model` by name (any timm architecture) and the two registered here;
+- `architectures`: `create_model` by name (any timm architecture) and the three registered here;
+- `ensemble`: several trained model folders combined into one `feature_ensemble` folder;
 - `folder`: the model folder (safetensors + config.json + extras) saved, loaded and resolved from the Hub;
 - `card`: the model card (README.md) rendered from the folder and its reports;
 - `pretrained`: ImageNet weights from a local file, checked before training starts.
 
-Importing this package registers `densenet201_se` and `lesion_cnn` with timm, so after
+Importing this package registers `densenet201_se`, `lesion_cnn` and `feature_ensemble` with timm, so after
 `import skinlesion.models` `timm.create_model("local-dir:PATH")` loads them as any timm model.
 """
 

@@ -1,8 +1,8 @@
-"""Model creation by name: any timm architecture plus two registered here with timm's registry.
+"""Model creation by name: any timm architecture plus three registered here with timm's registry.
 
-`densenet201_se` and `lesion_cnn` are registered with `timm.models.register_model`, so once this
-module is imported `timm.create_model("lesion_cnn")` and `timm.create_model("local-dir:PATH")` work
-for them as for any timm model. `create_model` adds the offline fast-fail for `pretrained=True`.
+`densenet201_se`, `lesion_cnn` and `feature_ensemble` are registered with `timm.models.register_model`,
+so once this module is imported `timm.create_model("lesion_cnn")` and `timm.create_model("local-dir:PATH")`
+work for them as for any timm model. `create_model` adds the offline fast-fail for `pretrained=True`.
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ class LesionCNN(nn.Module):
             self.feature_info.append(dict(num_chs=c_out, reduction=2 ** (i + 1), module=f"stages.{i}"))
             c_in = c_out
         self.stages = nn.Sequential(*blocks)
-        self.num_features = self.head_hidden_size = c_in
+        self.num_features = c_in
+        self.head_hidden_size = hidden  # timm's meaning: the width forward_head(pre_logits=True) returns
         self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
         self.fc1 = nn.Linear(c_in, hidden)
         self.act = nn.ReLU(inplace=True)
@@ -109,6 +110,73 @@ class LesionCNN(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+class FeatureEnsemble(nn.Module):
+    """Several timm backbones on one input: their feature maps concatenated, one linear head.
+
+    Built from trained model folders by `skinlesion.models.ensemble` (never trained as such). The head
+    is the members' classifiers side by side, each scaled by weight / temperature, so the logits are
+    the weighted sum of the members' calibrated logits, and their softmax the members' geometric-mean
+    ensemble. Keeping it ONE model with timm's interface (forward_features -> (B, C, h, w) map,
+    forward_head(pre_logits=True) -> (B, D), get_classifier() -> nn.Linear) means everything downstream
+    works unchanged: features for the detector and the case index, ONNX export, and Grad-CAM on
+    `fused`, the concatenated map, which explains the ensemble's own logit.
+
+    The input arrives normalised with the folder's mean/std (`input_mean`/`input_std`); each member
+    is trained on its own normalisation (e.g. 0.5/0.5 for tf_efficientnet_lite*, ImageNet's for
+    mobilenetv2), re-applied here by a fixed per-channel affine map.
+    """
+
+    def __init__(self, members: list[dict], num_classes: int = 1000, in_chans: int = 3,
+                 input_mean: tuple[float, ...] = DEFAULT_MEAN, input_std: tuple[float, ...] = DEFAULT_STD, **_):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least two members, got {len(members)}")
+        self.members = [dict(m) for m in members]
+        self.backbones = nn.ModuleList(
+            timm.create_model(m["architecture"], pretrained=False, num_classes=0, in_chans=in_chans,
+                              **m.get("model_args", {}))
+            for m in members)
+        reductions = {getattr(b, "feature_info", [{}])[-1].get("reduction") for b in self.backbones}
+        if len(reductions) > 1:
+            raise ValueError(f"ensemble members reduce their input by different factors {sorted(map(str, reductions))}: "
+                             "their feature maps cannot be concatenated")
+        in_mean, in_std = torch.tensor(input_mean).view(1, -1, 1, 1), torch.tensor(input_std).view(1, -1, 1, 1)
+        for i, m in enumerate(members):
+            mean, std = torch.tensor(m["mean"]).view(1, -1, 1, 1), torch.tensor(m["std"]).view(1, -1, 1, 1)
+            # x_member = (x * in_std + in_mean - mean) / std
+            self.register_buffer(f"scale{i}", in_std / std, persistent=False)
+            self.register_buffer(f"shift{i}", (in_mean - mean) / std, persistent=False)
+        self.map_widths = [int(b.num_features) for b in self.backbones]
+        self.num_features = sum(self.map_widths)
+        self.head_hidden_size = sum(int(getattr(b, "head_hidden_size", b.num_features)) for b in self.backbones)
+        self.fused = nn.Identity()  # the concatenated feature map: the CAM target layer
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        maps = [b.forward_features(x * getattr(self, f"scale{i}") + getattr(self, f"shift{i}"))
+                for i, b in enumerate(self.backbones)]
+        if len({m.shape[-2:] for m in maps}) > 1:
+            raise ValueError(f"ensemble members' feature maps differ in size {[tuple(m.shape[-2:]) for m in maps]}")
+        return self.fused(torch.cat(maps, dim=1))  # (B, sum C_i, h, w)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        parts = torch.split(x, self.map_widths, dim=1)
+        pooled = torch.cat([b.forward_head(p, pre_logits=True) for b, p in zip(self.backbones, parts, strict=True)],
+                           dim=1)
+        return pooled if pre_logits else self.head(pooled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
 def _cfg(**kwargs) -> dict:
     return {"url": "", "num_classes": 1000, "input_size": (3, DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE),
             "pool_size": None, "crop_pct": DEFAULT_CROP_PCT, "interpolation": "bicubic",
@@ -120,6 +188,7 @@ default_cfgs = generate_default_cfgs({
     "densenet201_se.tv_in1k": _cfg(hf_hub_id="timm/densenet201.tv_in1k", input_size=(3, 224, 224),
                                    crop_pct=0.875, first_conv="features.conv0", classifier="classifier"),
     "lesion_cnn": _cfg(first_conv="stages.0.0", classifier="fc"),
+    "feature_ensemble": _cfg(first_conv="", classifier="head"),
 })
 
 
@@ -135,6 +204,13 @@ def densenet201_se(pretrained: bool = False, **kwargs) -> DenseNetSE:
 def lesion_cnn(pretrained: bool = False, **kwargs) -> LesionCNN:
     return build_model_with_cfg(LesionCNN, "lesion_cnn", pretrained, feature_cfg=dict(flatten_sequential=True),
                                 **kwargs)
+
+
+@register_model
+def feature_ensemble(pretrained: bool = False, **kwargs) -> FeatureEnsemble:
+    # pretrained=True only ever means "this folder's own weights" (local-dir:/hf-hub: loading): there are
+    # no ImageNet weights of an ensemble.
+    return build_model_with_cfg(FeatureEnsemble, "feature_ensemble", pretrained, **kwargs)
 
 
 def check_model_name(name: str) -> None:

@@ -21,7 +21,7 @@ LICENCE_NOTE = (
 # Exactly what the card (and the README) tell plain-timm users; tests run these lines.
 PLAIN_TIMM_LINES = (
     "import timm",
-    "import skinlesion.models  # registers densenet201_se and lesion_cnn with timm (other architectures need no import)",
+    "import skinlesion.models  # registers densenet201_se, lesion_cnn and feature_ensemble with timm (other architectures need no import)",
     "model = timm.create_model('local-dir:PATH', pretrained=True)",
 )
 
@@ -120,6 +120,26 @@ def _start_weights(extras: dict, train_cfg: dict) -> str:
     if source == "init_from":
         return f"our model `{init.get('model')}`"
     return "scratch (no pretrained weights)"
+
+
+def _ensemble_lines(record: dict, size: int) -> list[str]:
+    """Training section of a `feature_ensemble` folder: how the members were combined, then each member."""
+    members = record.get("members", [])
+    lines = [f"- An ensemble of {len(members)} fine-tuned networks, combined without further training "
+             f"(`skinlesion ensemble`), served at {size} px: the logits are the members' calibrated logits "
+             "weighted and summed (their geometric-mean ensemble), then one temperature of its own."]
+    for i, m in enumerate(members):
+        train = m.get("train_config", {})
+        lines.append(
+            f"- Member {i}: `{m.get('architecture')}` from {_start_weights({'init_weights': m.get('init_weights')}, train)}, "
+            f"trained on {train.get('image_size', '?')} px crops for {train.get('epochs', '?')} epochs max, loss "
+            f"`{train.get('loss')}`, sampling `{train.get('sampling')}`, seed {train.get('seed')}; weight "
+            f"{_fmt(m.get('weight'), 2)}, temperature {_fmt(m.get('temperature'))}, best validation balanced accuracy "
+            f"{_fmt(m.get('val_balanced_accuracy'))} (no TTA, its own training size); weights sha256 "
+            f"`{str(m.get('weights_sha256'))[:12]}…`.")
+    if record.get("command"):
+        lines.append(f"- Combined with: `{record['command']}`")
+    return lines
 
 
 def _input_size_note(train_cfg: dict, size: int) -> str:
@@ -236,15 +256,18 @@ def render_model_card(folder: str | Path) -> str:
         "",
         "## Training",
         "",
-        f"- Architecture `{config['architecture']}` trained from {_start_weights(extras, train_cfg)}, "
-        f"{_input_size_note(train_cfg, size)}, {train_cfg.get('epochs', '?')} epochs max, loss `{train_cfg.get('loss')}`, "
-        f"sampling `{train_cfg.get('sampling')}`, EMA {'on' if train_cfg.get('ema') else 'off'}, seed {train_cfg.get('seed')}.",
+        *(_ensemble_lines(extras["ensemble"], size) if extras.get("ensemble") else [
+            f"- Architecture `{config['architecture']}` trained from {_start_weights(extras, train_cfg)}, "
+            f"{_input_size_note(train_cfg, size)}, {train_cfg.get('epochs', '?')} epochs max, loss `{train_cfg.get('loss')}`, "
+            f"sampling `{train_cfg.get('sampling')}`, EMA {'on' if train_cfg.get('ema') else 'off'}, seed {train_cfg.get('seed')}."]),
         *_training_time(folder),
         f"- Split: lesion-grouped, stratified (manifest `split_manifest.csv`, sha256 `{str(extras.get('manifest_sha256'))[:12]}…`).",
-        (f"- Weights of epoch {val.get('epoch')}, exported from checkpoint {extras['exported_from']} "
-         "(`scripts/export_checkpoint.py`, chosen on the validation split with the shipped TTA); its validation "
-         if extras.get("exported_from") else f"- Best validation epoch {val.get('epoch')}: ") + f"balanced accuracy {_fmt(val.get('val_balanced_accuracy'))}, "
-        f"accuracy {_fmt(val.get('val_accuracy'))}, macro F1 {_fmt(val.get('val_macro_f1'))} (no TTA).",
+        *([] if extras.get("ensemble") else [
+            (f"- Weights of epoch {val.get('epoch')}, exported from checkpoint {extras['exported_from']} "
+             "(`scripts/export_checkpoint.py`, chosen on the validation split with the shipped TTA); its validation "
+             if extras.get("exported_from") else f"- Best validation epoch {val.get('epoch')}: ")
+            + f"balanced accuracy {_fmt(val.get('val_balanced_accuracy'))}, "
+            f"accuracy {_fmt(val.get('val_accuracy'))}, macro F1 {_fmt(val.get('val_macro_f1'))} (no TTA)."]),
         f"- Calibration: temperature {_fmt(extras.get('temperature'))} fitted on the validation split "
         f"(TTA `{calib.get('tta', extras.get('tta'))}`), ECE {_fmt(calib.get('ece_before'))} -> {_fmt(calib.get('ece_after'))} on validation.",
         "",

@@ -1,0 +1,185 @@
+"""Combine trained model folders into one `feature_ensemble` folder (`skinlesion ensemble`).
+
+Averaging the calibrated predictions of differently built networks is the cheapest dependable gain in
+accuracy and calibration under a change of camera or clinic (Lakshminarayanan et al. 2017; Ovadia et
+al. 2019), and it costs no training. The result is an ordinary model folder: one set of safetensors
+weights, `config.json` with `architecture: feature_ensemble` and the members in `model_args` (so timm
+rebuilds it), the preprocessing of the first member, and in the `skinlesion` section a record of each
+member (folder, weights sha256, where its training started, its temperature and weight).
+
+The head is the members' linear classifiers side by side, member i's scaled by w_i / T_i, so
+
+    logits = sum_i w_i * z_i / T_i     and     softmax(logits) ∝ prod_i softmax(z_i / T_i) ** w_i
+
+(weights sum to 1): the geometric-mean ensemble of the calibrated members. It gets a temperature of
+its own afterwards (`evaluate.py --fit-temperature`), then `skinlesion fit-features` as any folder.
+
+Members must share the label list and the split manifest: a member trained on another split has seen
+some of this folder's validation (and test) images, and every figure measured on them would leak.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..constants import MANIFEST_FILE, MODEL_WEIGHTS_FILE
+from ..data.splits import manifest_hash
+from .architectures import FeatureEnsemble
+from .folder import LoadedModel, ModelFolderError, file_sha256, load_model_folder, save_model_folder
+
+ARCHITECTURE = "feature_ensemble"
+# Member fields kept in the ensemble's record (config.json) and shown on its card.
+RECORDED_TRAIN_FIELDS = ("model", "image_size", "epochs", "loss", "sampling", "sampling_power", "seed")
+
+
+class EnsembleError(ModelFolderError):
+    """The folders cannot be combined (labels, split or preprocessing differ), or the weights are invalid."""
+
+
+@dataclass(frozen=True)
+class Member:
+    folder: Path
+    loaded: LoadedModel
+    weight: float
+    model_args: dict  # config.json's, e.g. drop_path_rate: the backbone is rebuilt with them
+
+
+def _manifest_sha(folder: Path, loaded: LoadedModel) -> str:
+    recorded = loaded.extras.get("manifest_sha256")
+    if recorded:
+        return str(recorded)
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        raise EnsembleError(f"{folder}: no {MANIFEST_FILE} and no manifest_sha256 in config.json; an ensemble "
+                            "needs to know every member was trained on the same split")
+    return manifest_hash(path)
+
+
+def check_members(members: Sequence[Member]) -> str:
+    """Raise EnsembleError naming the first difference that forbids combining; return the manifest sha256."""
+    if len(members) < 2:
+        raise EnsembleError(f"an ensemble needs at least two model folders, got {len(members)}")
+    first = members[0]
+    sha = _manifest_sha(first.folder, first.loaded)
+    for m in members[1:]:
+        if m.loaded.label_names != first.loaded.label_names:
+            raise EnsembleError(f"{m.folder} has labels {m.loaded.label_names}, {first.folder} has "
+                                f"{first.loaded.label_names}: members must predict the same classes in the same order")
+        other = _manifest_sha(m.folder, m.loaded)
+        if other != sha:
+            raise EnsembleError(
+                f"{m.folder} was trained on split manifest {other[:12]}, {first.folder} on {sha[:12]}: a member "
+                "trained on another split has seen this ensemble's validation or test images")
+        if m.loaded.preprocessing.color_constancy != first.loaded.preprocessing.color_constancy:
+            raise EnsembleError(
+                f"{m.folder} uses colour constancy {m.loaded.preprocessing.color_constancy!r}, {first.folder} "
+                f"{first.loaded.preprocessing.color_constancy!r}: the ensemble has one preprocessing")
+    weights = [m.weight for m in members]
+    if min(weights) <= 0:
+        raise EnsembleError(f"member weights must be positive, got {weights}")
+    return sha
+
+
+def _linear_head(member: Member) -> nn.Linear:
+    head = member.loaded.model.get_classifier()
+    if not isinstance(head, nn.Linear):
+        raise EnsembleError(f"{member.folder}: its classifier is {type(head).__name__}, not a linear layer on the "
+                            "pooled features, so it cannot become part of the ensemble's head")
+    return head
+
+
+def member_record(member: Member, weight: float) -> dict:
+    extras = member.loaded.extras
+    train = extras.get("train_config", {})
+    return {"folder": str(member.folder), "architecture": member.loaded.architecture,
+            "weights_sha256": file_sha256(member.folder / MODEL_WEIGHTS_FILE), "weight": weight,
+            "temperature": member.loaded.temperature, "init_weights": extras.get("init_weights"),
+            "train_config": {k: train[k] for k in RECORDED_TRAIN_FIELDS if k in train},
+            "val_balanced_accuracy": (extras.get("val_metrics") or {}).get("val_balanced_accuracy"),
+            "input_size": member.loaded.preprocessing.input_size}
+
+
+def build_ensemble(members: Sequence[Member]) -> tuple[FeatureEnsemble, dict, list[dict]]:
+    """The ensemble model (eval mode), its `model_args` and the members' records; weights normalised to 1."""
+    check_members(members)
+    total = sum(m.weight for m in members)
+    pre = members[0].loaded.preprocessing
+    specs = [{"architecture": m.loaded.architecture, "model_args": m.model_args,
+              "mean": list(m.loaded.preprocessing.mean), "std": list(m.loaded.preprocessing.std)} for m in members]
+    model_args = {"members": specs, "input_mean": list(pre.mean), "input_std": list(pre.std)}
+    ensemble = FeatureEnsemble(num_classes=members[0].loaded.num_classes, **model_args).eval()
+    weight_blocks, bias = [], torch.zeros(members[0].loaded.num_classes)
+    records = []
+    for backbone, m in zip(ensemble.backbones, members, strict=True):
+        head = _linear_head(m)
+        scale = (m.weight / total) / m.loaded.temperature
+        weight_blocks.append(head.weight.detach() * scale)
+        bias += head.bias.detach() * scale
+        body = {k: v for k, v in m.loaded.model.state_dict().items()
+                if not k.startswith(_classifier_prefix(m.loaded.model, head))}
+        result = backbone.load_state_dict(body, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise EnsembleError(f"{m.folder}: its weights do not fit a headless {m.loaded.architecture} (missing "
+                                f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
+        records.append(member_record(m, m.weight / total))
+    with torch.no_grad():
+        ensemble.head.weight.copy_(torch.cat(weight_blocks, dim=1))
+        ensemble.head.bias.copy_(bias)
+    return ensemble, model_args, records
+
+
+def _classifier_prefix(model: nn.Module, head: nn.Module) -> str:
+    name = next(n for n, module in model.named_modules() if module is head)
+    return f"{name}."
+
+
+def member_model_args(folder: Path) -> dict:
+    """The `model_args` a member folder was built with (config.json), e.g. drop_path_rate."""
+    import json
+
+    from ..constants import MODEL_CONFIG_FILE
+
+    return dict(json.loads((folder / MODEL_CONFIG_FILE).read_text()).get("model_args", {}))
+
+
+def load_members(folders: Sequence[str | Path], weights: Sequence[float] | None = None) -> list[Member]:
+    weights = list(weights) if weights else [1.0] * len(folders)
+    if len(weights) != len(folders):
+        raise EnsembleError(f"{len(weights)} weights for {len(folders)} model folders")
+    members = []
+    for folder, weight in zip(folders, weights, strict=True):
+        folder = Path(folder)
+        members.append(Member(folder=folder, loaded=load_model_folder(folder, device="cpu"), weight=float(weight),
+                              model_args=member_model_args(folder)))
+    return members
+
+
+def write_ensemble(folders: Sequence[str | Path], out: str | Path, weights: Sequence[float] | None = None, *,
+                   command: str | None = None) -> dict:
+    """Build the ensemble of `folders` and save it as a model folder in `out`; returns a summary."""
+    out = Path(out)
+    if out.resolve() in {Path(f).resolve() for f in folders}:
+        raise EnsembleError(f"{out} is one of the members; write the ensemble to a new folder")
+    members = load_members(folders, weights)
+    ensemble, model_args, records = build_ensemble(members)
+    first = members[0]
+    pre = replace(first.loaded.preprocessing)
+    sha = check_members(members)
+    notes = [r["init_weights"].get("licence_note") for r in records if r.get("init_weights")]
+    extras = {"tta": first.loaded.extras.get("tta", "flips"), "temperature": 1.0, "manifest_sha256": sha,
+              # The card's licence line: every member started from the same kind of weights' terms.
+              "init_weights": {"source": "ensemble", "licence_note": next((n for n in notes if n), "")},
+              "ensemble": {"members": records, "command": command,
+                           "rule": "logits = sum_i w_i z_i / T_i (the members' calibrated geometric mean)"}}
+    save_model_folder(out, ensemble, architecture=ARCHITECTURE, label_names=first.loaded.label_names,
+                      preprocessing=pre, model_args=model_args, extras=extras)
+    if (first.folder / MANIFEST_FILE).is_file():
+        shutil.copyfile(first.folder / MANIFEST_FILE, out / MANIFEST_FILE)
+    size_mb = (out / MODEL_WEIGHTS_FILE).stat().st_size / 2**20
+    return {"out": str(out), "members": records, "input_size": pre.input_size, "weights_mb": round(size_mb, 1)}

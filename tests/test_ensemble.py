@@ -1,0 +1,133 @@
+"""`skinlesion ensemble`: trained folders combined into one `feature_ensemble` folder that works everywhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from conftest import synthetic_lesion
+
+import skinlesion.models  # noqa: F401  (registers feature_ensemble with timm)
+from skinlesion.cli.main import main as cli_main
+from skinlesion.data.transforms import Preprocessing
+from skinlesion.inference.features import probe_feature_widths
+from skinlesion.inference.predictor import Predictor
+from skinlesion.models import create_model
+from skinlesion.models.card import render_model_card
+from skinlesion.models.ensemble import EnsembleError, write_ensemble
+from skinlesion.models.folder import load_model_folder, save_model_folder
+
+LABELS = ["bkl", "mel", "nv"]
+MANIFEST = "image_id,split\nISIC_0000000,train\nISIC_0000001,val\nISIC_0000002,test\n"
+
+
+def member(folder: Path, seed: int, *, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+           temperature: float = 1.0, widths=(8, 16, 16, 32), labels=LABELS, manifest: str = MANIFEST,
+           architecture: str = "lesion_cnn") -> Path:
+    torch.manual_seed(seed)
+    args = {"widths": list(widths), "hidden": 16} if architecture == "lesion_cnn" else {}
+    model = create_model(architecture, len(labels), **{k: tuple(v) if isinstance(v, list) else v
+                                                       for k, v in args.items()}).eval()
+    save_model_folder(folder, model, architecture=architecture, label_names=list(labels),
+                      preprocessing=Preprocessing(input_size=64, mean=mean, std=std, fov_crop=True),
+                      model_args=args, extras={"temperature": temperature, "tta": "flips",
+                                               "train_config": {"model": architecture, "image_size": 64, "epochs": 3,
+                                                                "loss": "ce", "sampling": "balanced", "seed": seed},
+                                               "val_metrics": {"val_balanced_accuracy": 0.5 + seed / 10}})
+    (folder / "split_manifest.csv").write_text(manifest)
+    return folder
+
+
+def normalise(x: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
+    return (x - torch.tensor(pre.mean).view(1, 3, 1, 1)) / torch.tensor(pre.std).view(1, 3, 1, 1)
+
+
+@pytest.fixture
+def members(tmp_path: Path) -> list[Path]:
+    # Different normalisations and temperatures: the ensemble must re-apply each member's own.
+    return [member(tmp_path / "a", 0, temperature=0.7),
+            member(tmp_path / "b", 1, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), temperature=1.3, widths=(8, 8, 16, 16))]
+
+
+def test_logits_are_the_weighted_sum_of_the_members_calibrated_logits(members, tmp_path):
+    out = tmp_path / "ens"
+    summary = write_ensemble(members, out, [3.0, 1.0])
+    assert [m["weight"] for m in summary["members"]] == [0.75, 0.25]
+    ens, a, b = (load_model_folder(p) for p in (out, *members))
+    assert ens.architecture == "feature_ensemble" and ens.label_names == LABELS
+    assert ens.preprocessing == a.preprocessing  # the first member's, field-of-view crop included
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        z = ens.model(normalise(x, ens.preprocessing))
+        za = a.model(normalise(x, a.preprocessing)) / 0.7
+        zb = b.model(normalise(x, b.preprocessing)) / 1.3
+    torch.testing.assert_close(z, 0.75 * za + 0.25 * zb, atol=1e-5, rtol=1e-5)
+    # Its softmax is the members' weighted geometric mean, renormalised.
+    geo = torch.softmax(za, -1) ** 0.75 * torch.softmax(zb, -1) ** 0.25
+    torch.testing.assert_close(torch.softmax(z, -1), geo / geo.sum(-1, keepdim=True), atol=1e-5, rtol=1e-5)
+    # Plain timm rebuilds it from the folder alone (model_args carry the members).
+    plain = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(normalise(x, ens.preprocessing)), z)
+    assert (out / "split_manifest.csv").read_text() == MANIFEST
+
+
+def test_the_folder_predicts_explains_and_has_features(members, tmp_path):
+    out = tmp_path / "ens"
+    write_ensemble(members, out)
+    predictor = Predictor.from_pretrained(out, use_onnx=False)
+    widths = probe_feature_widths(predictor.loaded.model, 64)
+    assert widths == [16 + 16]  # both members' pooled hidden layers, side by side
+    image = synthetic_lesion(3, (96, 72))
+    explanation = predictor.explain(image)
+    assert explanation.heatmap.shape == (72, 96)
+    inside = explanation.heatmap[explanation.heatmap > 0]
+    assert inside.size and float(inside.max() - inside.min()) > 0.1  # not a constant or empty map
+    assert explanation.prediction.label in LABELS
+    np.testing.assert_allclose(sum(explanation.prediction.probs.values()), 1.0, atol=1e-5)
+
+
+def test_the_card_lists_every_member(members, tmp_path):
+    out = tmp_path / "ens"
+    write_ensemble(members, out)
+    card = render_model_card(out)
+    assert "An ensemble of 2 fine-tuned networks" in card
+    assert "Member 0: `lesion_cnn`" in card and "Member 1: `lesion_cnn`" in card
+    assert "temperature 0.700" in card and "temperature 1.300" in card
+
+
+def test_members_trained_on_other_splits_are_refused(members, tmp_path):
+    other = member(tmp_path / "c", 2, manifest=MANIFEST.replace("ISIC_0000001,val", "ISIC_0000001,train"))
+    with pytest.raises(EnsembleError, match="split manifest .* has seen this ensemble's validation or test images"):
+        write_ensemble([members[0], other], tmp_path / "ens")
+    assert not (tmp_path / "ens").exists()
+
+
+def test_other_labels_are_refused(members, tmp_path):
+    other = member(tmp_path / "c", 2, labels=["mel", "bkl", "nv"])
+    with pytest.raises(EnsembleError, match="must predict the same classes in the same order"):
+        write_ensemble([members[0], other], tmp_path / "ens")
+
+
+def test_feature_maps_of_different_strides_are_refused(members, tmp_path):
+    other = member(tmp_path / "c", 2, architecture="resnet18")  # reduces by 32, lesion_cnn by 16
+    with pytest.raises(ValueError, match="reduce their input by different factors"):
+        write_ensemble([members[0], other], tmp_path / "ens")
+
+
+def test_the_command_writes_a_folder_or_names_the_problem(members, tmp_path, capsys):
+    assert cli_main(["ensemble", "--member", str(members[0]), "--member", str(members[1]),
+                     "--out", str(tmp_path / "ens")]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed[:printed.rindex("}") + 1])["weights_mb"] >= 0
+    config = json.loads((tmp_path / "ens" / "config.json").read_text())
+    assert config["skinlesion"]["ensemble"]["command"].startswith("skinlesion ensemble --member")
+    assert cli_main(["ensemble", "--member", str(members[0]), "--out", str(tmp_path / "one")]) == 2
+    assert "at least two model folders" in capsys.readouterr().err
+    assert cli_main(["ensemble", "--member", str(members[0]), "--member", str(members[1]),
+                     "--out", str(members[0])]) == 2
+    assert "is one of the members" in capsys.readouterr().err
