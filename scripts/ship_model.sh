@@ -25,7 +25,8 @@ fi
 
 # What the folder is: weights, config, fitted extras, training record and reports. README.md (the card)
 # is regenerated below; train_summary.json comes along when training wrote one.
-rm -rf "$DEST/eval"
+# Files the new folder lacks (an ensemble has no training history of its own) must not survive from the old one.
+for f in history.csv history.png confusion_matrix_val.png train_summary.json eval; do rm -rf "${DEST:?}/$f"; done
 for f in model.safetensors config.json ood_stats.safetensors case_index.safetensors history.csv history.png \
          confusion_matrix_val.png train_summary.json eval; do
   [[ -e $SRC/$f ]] && run cp -r "$SRC/$f" "$DEST/"

@@ -131,3 +131,18 @@ def test_the_command_writes_a_folder_or_names_the_problem(members, tmp_path, cap
     assert cli_main(["ensemble", "--member", str(members[0]), "--member", str(members[1]),
                      "--out", str(members[0])]) == 2
     assert "is one of the members" in capsys.readouterr().err
+
+
+def test_the_training_record_names_each_members_command(members, tmp_path):
+    (members[0] / "train_summary.json").write_text(json.dumps(
+        {"command": "python train.py --config a.yaml", "train_minutes": 10.0, "epochs_run": 3, "machine": "m"}))
+    out = tmp_path / "ens"
+    write_ensemble(members, out, command="skinlesion ensemble --member a --member b --out ens")
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["member_commands"][0] == "python train.py --config a.yaml"
+    assert summary["member_commands"][1].startswith("not recorded in")
+    assert summary["train_minutes"] is None  # one member's cost is unknown: no made-up total
+    card = render_model_card(out)
+    assert "- Member 0 was trained with: `python train.py --config a.yaml`" in card
+    assert "- Command: `skinlesion ensemble --member a --member b --out ens`" in card
+    assert "Training time: not recorded for every member (3 + ? epochs)" in card

@@ -102,9 +102,12 @@ def _training_time(folder: Path) -> list[str]:
         return []
     summary = json.loads(path.read_text())
     machine = summary.get("machine", "machine not recorded")
-    lines = [f"- Training time: {summary.get('train_minutes')} min for {summary.get('epochs_run')} epochs ({machine})."]
+    minutes = summary.get("train_minutes")
+    lines = [f"- Training time: {minutes} min for {summary.get('epochs_run')} epochs ({machine})." if minutes is not None
+             else f"- Training time: not recorded for every member ({summary.get('epochs_run')} epochs)."]
     if summary.get("command"):
         lines.append(f"- Command: `{summary['command']}`")
+    lines += [f"- Member {i} was trained with: `{c}`" for i, c in enumerate(summary.get("member_commands", []))]
     lines += [f"- Then: `{c}`" for c in summary.get("post_training", [])]  # export, serving size, calibration
     return lines
 

@@ -20,6 +20,7 @@ some of this folder's validation (and test) images, and every figure measured on
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -35,6 +36,7 @@ from .folder import LoadedModel, ModelFolderError, file_sha256, load_model_folde
 
 ARCHITECTURE = "feature_ensemble"
 # Member fields kept in the ensemble's record (config.json) and shown on its card.
+SUMMARY_FILE = "train_summary.json"
 RECORDED_TRAIN_FIELDS = ("model", "image_size", "epochs", "loss", "sampling", "sampling_power", "seed")
 
 
@@ -141,8 +143,6 @@ def _classifier_prefix(model: nn.Module, head: nn.Module) -> str:
 
 def member_model_args(folder: Path) -> dict:
     """The `model_args` a member folder was built with (config.json), e.g. drop_path_rate."""
-    import json
-
     from ..constants import MODEL_CONFIG_FILE
 
     return dict(json.loads((folder / MODEL_CONFIG_FILE).read_text()).get("model_args", {}))
@@ -158,6 +158,21 @@ def load_members(folders: Sequence[str | Path], weights: Sequence[float] | None 
         members.append(Member(folder=folder, loaded=load_model_folder(folder, device="cpu"), weight=float(weight),
                               model_args=member_model_args(folder)))
     return members
+
+
+def ensemble_summary(members: Sequence[Member], command: str | None) -> dict:
+    """The ensemble's train_summary.json: its own command and what each member's training cost."""
+    summaries = []
+    for m in members:
+        path = m.folder / SUMMARY_FILE
+        summaries.append(json.loads(path.read_text()) if path.is_file() else {})
+    minutes = [s.get("train_minutes") for s in summaries]
+    return {"command": command,
+            "train_minutes": round(sum(minutes), 1) if None not in minutes else None,
+            "epochs_run": " + ".join(str(s.get("epochs_run", "?")) for s in summaries),
+            "machine": next((s["machine"] for s in summaries if s.get("machine")), None),
+            "member_commands": [s.get("command") or f"not recorded in {m.folder}/{SUMMARY_FILE}"
+                                for s, m in zip(summaries, members, strict=True)]}
 
 
 def write_ensemble(folders: Sequence[str | Path], out: str | Path, weights: Sequence[float] | None = None, *,
@@ -181,5 +196,6 @@ def write_ensemble(folders: Sequence[str | Path], out: str | Path, weights: Sequ
                       preprocessing=pre, model_args=model_args, extras=extras)
     if (first.folder / MANIFEST_FILE).is_file():
         shutil.copyfile(first.folder / MANIFEST_FILE, out / MANIFEST_FILE)
+    (out / SUMMARY_FILE).write_text(json.dumps(ensemble_summary(members, command), indent=2) + "\n")
     size_mb = (out / MODEL_WEIGHTS_FILE).stat().st_size / 2**20
     return {"out": str(out), "members": records, "input_size": pre.input_size, "weights_mb": round(size_mb, 1)}
