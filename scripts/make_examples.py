@@ -110,6 +110,13 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
     (args.out / "README.md").write_text(render_readme(rows))
+    # Examples picked for an earlier model are no longer listed (nor described in README.md): remove them, so
+    # the folder holds exactly the images its licence table names.
+    listed = {row["file"] for row in rows}
+    for stale in sorted(args.out.glob("*.jpg")):
+        if stale.name not in listed:
+            stale.unlink()
+            print("removed", stale.name, "(not picked for this model)")
     for row in rows:
         print(row["file"], row["true_label"] or "-", "->", row["model_label"], row["model_confidence"])
 

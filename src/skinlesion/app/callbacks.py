@@ -34,6 +34,7 @@ from .inputs import (
     get_model,
     target_choices,
 )
+from .memory import on_inference_thread
 from .registry import ModelRegistry
 
 if TYPE_CHECKING:
@@ -71,7 +72,8 @@ def analyze(registry: ModelRegistry, image: Any, model_name: str | None = None, 
     target_label = check_target(target, predictor.label_names)
     rgb = decode_upload(image)
     with explain_errors():
-        exp = predictor.explain(rgb, method=method, target=target_label, tta=tta_mode, alpha=alpha)
+        exp = on_inference_thread(predictor.explain, rgb, method=method, target=target_label, tta=tta_mode,
+                                  alpha=alpha)
     pred = exp.prediction
     details = {"model": name, "method": exp.method, "target_label": exp.target_label, **pred.to_dict(),
                "ood_check": predictor.ood_status, "cases_status": predictor.cases_status}
@@ -104,7 +106,8 @@ def compare(registry: ModelRegistry, image: Any, model_names: Sequence[str] | No
     for name, predictor in predictors:
         wanted = target if target not in (None, "", PREDICTED) and target in predictor.label_names else None
         with explain_errors():
-            exp = predictor.explain(rgb, method=method, target=wanted, tta=tta_mode, alpha=alpha)
+            exp = on_inference_thread(predictor.explain, rgb, method=method, target=wanted, tta=tta_mode,
+                                      alpha=alpha)
         pred = exp.prediction
         gallery.append((display_size(exp.overlay), f"{name}: {pred.label} {pct(pred.confidence)} "
                                                    f"(map: {exp.target_label})"))
