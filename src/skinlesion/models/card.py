@@ -136,13 +136,13 @@ def _ensemble_lines(record: dict, size: int) -> list[str]:
         lines.append(
             f"- Member {i}: `{m.get('architecture')}` from {_start_weights({'init_weights': m.get('init_weights')}, train)}, "
             f"trained on {train.get('image_size', '?')} px crops for {train.get('epochs', '?')} epochs max, loss "
-            f"`{train.get('loss')}`, sampling `{train.get('sampling')}`, seed {train.get('seed')}; weight "
+            f"`{train.get('loss')}`, sampling `{train.get('sampling')}`"
+            + (f" (power {train['sampling_power']})" if train.get("sampling_power", 1.0) != 1.0 else "")
+            + f", seed {train.get('seed')}; weight "
             f"{_fmt(m.get('weight'), 2)}, temperature {_fmt(m.get('temperature'))}, best validation balanced accuracy "
             f"{_fmt(m.get('val_balanced_accuracy'))} (no TTA, its own training size); weights sha256 "
             f"`{str(m.get('weights_sha256'))[:12]}…`.")
-    if record.get("command"):
-        lines.append(f"- Combined with: `{record['command']}`")
-    return lines
+    return lines  # the command that combined them: train_summary.json's, under "Training time"
 
 
 def _input_size_note(train_cfg: dict, size: int) -> str:
