@@ -146,3 +146,19 @@ def test_the_training_record_names_each_members_command(members, tmp_path):
     assert "- Member 0 was trained with: `python train.py --config a.yaml`" in card
     assert "- Command: `skinlesion ensemble --member a --member b --out ens`" in card
     assert "Training time: not recorded for every member (3 + ? epochs)" in card
+
+
+def test_onnx_and_eager_agree_on_an_ensemble_folder(members, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from skinlesion.inference.onnx_export import export_onnx
+
+    out = tmp_path / "ens"
+    write_ensemble(members, out)
+    export_onnx(out)
+    images = [synthetic_lesion(i, (96, 72), label=i % 3) for i in range(3)]
+    eager = Predictor.from_pretrained(out, use_onnx=False).predict(images)
+    onnx = Predictor.from_pretrained(out, use_onnx=True)
+    assert onnx.backend == "onnxruntime"
+    for a, b in zip(eager, onnx.predict(images), strict=True):
+        assert a.label == b.label
+        np.testing.assert_allclose(list(a.probs.values()), list(b.probs.values()), atol=1e-4)
