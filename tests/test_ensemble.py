@@ -162,3 +162,14 @@ def test_onnx_and_eager_agree_on_an_ensemble_folder(members, tmp_path):
     for a, b in zip(eager, onnx.predict(images), strict=True):
         assert a.label == b.label
         np.testing.assert_allclose(list(a.probs.values()), list(b.probs.values()), atol=1e-4)
+
+
+def test_a_member_served_differently_is_named_in_the_notes(members, tmp_path):
+    from skinlesion.models.folder import set_preprocessing
+
+    same = write_ensemble(members, tmp_path / "same")
+    assert same["notes"] == []
+    set_preprocessing(members[1], Preprocessing(input_size=80, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), fov_crop=True))
+    notes = write_ensemble(members, tmp_path / "ens")["notes"]
+    assert len(notes) == 1 and "input_size = 80" in notes[0] and "input_size = 64" in notes[0]
+    assert load_model_folder(tmp_path / "ens").preprocessing.input_size == 64

@@ -39,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     except (EnsembleError, ModelFolderError) as err:
         return report_error("skinlesion ensemble", err, 2)
     print(json.dumps(summary, indent=2))
+    for note in summary["notes"]:
+        print(f"note: {note}")
     print(f"next: python evaluate.py --model {args.out} --data HAM10000_DIR --split val --fit-temperature "
           f"--tta flips --out {args.out}/eval/val, then skinlesion fit-features --model {args.out} --data HAM10000_DIR")
     return 0

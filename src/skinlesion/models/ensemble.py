@@ -198,4 +198,20 @@ def write_ensemble(folders: Sequence[str | Path], out: str | Path, weights: Sequ
         shutil.copyfile(first.folder / MANIFEST_FILE, out / MANIFEST_FILE)
     (out / SUMMARY_FILE).write_text(json.dumps(ensemble_summary(members, command), indent=2) + "\n")
     size_mb = (out / MODEL_WEIGHTS_FILE).stat().st_size / 2**20
-    return {"out": str(out), "members": records, "input_size": pre.input_size, "weights_mb": round(size_mb, 1)}
+    return {"out": str(out), "members": records, "input_size": pre.input_size, "weights_mb": round(size_mb, 1),
+            "notes": preprocessing_notes(members)}
+
+
+def preprocessing_notes(members: Sequence[Member]) -> list[str]:
+    """What the ensemble changes for members whose own preprocessing differs from the first one's."""
+    first = members[0].loaded.preprocessing
+    notes = []
+    for m in members[1:]:
+        pre = m.loaded.preprocessing
+        for field in ("input_size", "crop_pct", "interpolation", "fov_crop"):
+            mine, theirs = getattr(pre, field), getattr(first, field)
+            if mine != theirs:
+                notes.append(f"{m.folder} was served with {field} = {mine}; the ensemble serves every member with "
+                             f"{members[0].folder}'s {field} = {theirs} (choose the size again on validation with "
+                             "scripts/choose_input_size.py if it matters)")
+    return notes
