@@ -173,3 +173,11 @@ def test_a_member_served_differently_is_named_in_the_notes(members, tmp_path):
     notes = write_ensemble(members, tmp_path / "ens")["notes"]
     assert len(notes) == 1 and "input_size = 80" in notes[0] and "input_size = 64" in notes[0]
     assert load_model_folder(tmp_path / "ens").preprocessing.input_size == 64
+
+
+def test_training_a_feature_ensemble_from_scratch_is_refused_with_the_way_to_build_one():
+    from skinlesion.training.config import TrainConfig
+
+    with pytest.raises(ValueError, match="skinlesion ensemble --member A --member B --out C"):
+        TrainConfig(data="x", model="feature_ensemble")
+    assert TrainConfig(data="x", model="feature_ensemble", init_from="runs/ens").init_from == "runs/ens"

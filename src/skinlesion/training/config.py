@@ -116,6 +116,9 @@ class TrainConfig:
             problems.append("pretrained (Hub weights) and pretrained_file (a local file) exclude each other")
         if (self.pretrained or self.pretrained_file) and self.init_from:
             problems.append("init_from starts from one of our folders; it excludes pretrained / pretrained_file")
+        if self.model == "feature_ensemble" and not self.init_from:
+            problems.append("feature_ensemble is built from trained model folders (`skinlesion ensemble --member A "
+                            "--member B --out C`), not trained from scratch; to fine-tune one, pass --init-from C")
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             problems.append(f"layer_decay must be in (0, 1], got {self.layer_decay}")
         if self.lr <= 0:
