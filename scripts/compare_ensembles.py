@@ -25,9 +25,9 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from skinlesion.constants import MANIFEST_FILE, MODEL_WEIGHTS_FILE
 from skinlesion.data import load_table, read_manifest, select_split
+from skinlesion.data.transforms import Preprocessing
 from skinlesion.evaluation.view_logits import collect_view_logits
 from skinlesion.inference.predictor import Predictor
-from skinlesion.data.transforms import Preprocessing
 from skinlesion.models.ensemble import Member, check_members, load_members
 from skinlesion.models.folder import file_sha256
 

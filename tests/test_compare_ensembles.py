@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
+import pytest
 import torch
 from fitted_folder import LABELS, write_synthetic_ham, write_tiny_model
-from sklearn.metrics import balanced_accuracy_score
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from skinlesion.data import load_table, read_manifest, select_split
 from skinlesion.evaluation.view_logits import collect_view_logits
@@ -43,6 +43,10 @@ def test_a_pairs_row_is_the_built_ensembles_validation_score(tmp_path):
     val = select_split(load_table(data), read_manifest(folders[0] / "split_manifest.csv"), "val")
     views = collect_view_logits(predictor, val, "flips", batch_size=8, workers=0, progress=False)
     probs = torch.softmax(views.logits, dim=-1).mean(dim=0).numpy()
-    expected = balanced_accuracy_score(views.targets.numpy(), probs.argmax(1))
-    assert rows[2]["val_balanced_accuracy"] == np.float64(expected)
-    assert set(LABELS) >= {"mel"} and rows[2]["val_melanoma_auc"] is not None
+    y = views.targets.numpy()
+    assert rows[2]["val_balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, probs.argmax(1)))
+    # The AUC is continuous in the probabilities, so it would catch a wrong weighting or temperature that leaves
+    # the argmax (and balanced accuracy) of these tiny untrained models unchanged.
+    mel = LABELS.index("mel")
+    assert rows[2]["val_melanoma_auc"] == pytest.approx(roc_auc_score(y == mel, probs[:, mel]), abs=1e-6)
+    assert rows[2]["val_melanoma_auc"] != pytest.approx(rows[0]["val_melanoma_auc"], abs=1e-6)

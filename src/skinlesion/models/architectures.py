@@ -131,7 +131,6 @@ class FeatureEnsemble(nn.Module):
         super().__init__()
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least two members, got {len(members)}")
-        self.members = [dict(m) for m in members]
         self.backbones = nn.ModuleList(
             timm.create_model(m["architecture"], pretrained=False, num_classes=0, in_chans=in_chans,
                               **m.get("model_args", {}))

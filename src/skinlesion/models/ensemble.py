@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,7 +32,14 @@ import torch.nn as nn
 from ..constants import MANIFEST_FILE, MODEL_WEIGHTS_FILE
 from ..data.splits import manifest_hash
 from .architectures import FeatureEnsemble
-from .folder import LoadedModel, ModelFolderError, file_sha256, load_model_folder, save_model_folder
+from .folder import (
+    LoadedModel,
+    ModelFolderError,
+    file_sha256,
+    load_model_folder,
+    read_config,
+    save_model_folder,
+)
 
 ARCHITECTURE = "feature_ensemble"
 # Member fields kept in the ensemble's record (config.json) and shown on its card.
@@ -108,8 +115,9 @@ def member_record(member: Member, weight: float) -> dict:
 
 
 def build_ensemble(members: Sequence[Member]) -> tuple[FeatureEnsemble, dict, list[dict]]:
-    """The ensemble model (eval mode), its `model_args` and the members' records; weights normalised to 1."""
-    check_members(members)
+    """The ensemble model (eval mode), its `model_args` and the members' records; weights normalised to 1.
+
+    The members must have passed `check_members`."""
     total = sum(m.weight for m in members)
     pre = members[0].loaded.preprocessing
     specs = [{"architecture": m.loaded.architecture, "model_args": m.model_args,
@@ -123,8 +131,8 @@ def build_ensemble(members: Sequence[Member]) -> tuple[FeatureEnsemble, dict, li
         scale = (m.weight / total) / m.loaded.temperature
         weight_blocks.append(head.weight.detach() * scale)
         bias += head.bias.detach() * scale
-        body = {k: v for k, v in m.loaded.model.state_dict().items()
-                if not k.startswith(_classifier_prefix(m.loaded.model, head))}
+        prefix = _classifier_prefix(m.loaded.model, head)
+        body = {k: v for k, v in m.loaded.model.state_dict().items() if not k.startswith(prefix)}
         result = backbone.load_state_dict(body, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise EnsembleError(f"{m.folder}: its weights do not fit a headless {m.loaded.architecture} (missing "
@@ -141,13 +149,6 @@ def _classifier_prefix(model: nn.Module, head: nn.Module) -> str:
     return f"{name}."
 
 
-def member_model_args(folder: Path) -> dict:
-    """The `model_args` a member folder was built with (config.json), e.g. drop_path_rate."""
-    from ..constants import MODEL_CONFIG_FILE
-
-    return dict(json.loads((folder / MODEL_CONFIG_FILE).read_text()).get("model_args", {}))
-
-
 def load_members(folders: Sequence[str | Path], weights: Sequence[float] | None = None) -> list[Member]:
     weights = list(weights) if weights else [1.0] * len(folders)
     if len(weights) != len(folders):
@@ -156,7 +157,8 @@ def load_members(folders: Sequence[str | Path], weights: Sequence[float] | None 
     for folder, weight in zip(folders, weights, strict=True):
         folder = Path(folder)
         members.append(Member(folder=folder, loaded=load_model_folder(folder, device="cpu"), weight=float(weight),
-                              model_args=member_model_args(folder)))
+                              # config.json's model_args (e.g. drop_path_rate): the backbone is rebuilt with them
+                              model_args=dict(read_config(folder).get("model_args", {}))))
     return members
 
 
@@ -182,10 +184,10 @@ def write_ensemble(folders: Sequence[str | Path], out: str | Path, weights: Sequ
     if out.resolve() in {Path(f).resolve() for f in folders}:
         raise EnsembleError(f"{out} is one of the members; write the ensemble to a new folder")
     members = load_members(folders, weights)
+    sha = check_members(members)
     ensemble, model_args, records = build_ensemble(members)
     first = members[0]
-    pre = replace(first.loaded.preprocessing)
-    sha = check_members(members)
+    pre = first.loaded.preprocessing
     notes = [r["init_weights"].get("licence_note") for r in records if r.get("init_weights")]
     extras = {"tta": first.loaded.extras.get("tta", "flips"), "temperature": 1.0, "manifest_sha256": sha,
               # The card's licence line: every member started from the same kind of weights' terms.
