@@ -8,6 +8,10 @@ dermatoscope aperture): the classifier's balanced accuracy (identity view, no TT
 the folder's own not-a-dermoscopic-image check flags. A check that flags many shifted lesions would refuse
 other clinics' dermoscopy; a large accuracy drop says the model keys on how HAM10000 was photographed.
 Another clinic is never simulated from the test split, so the numbers can be used for choosing.
+
+`--downscale 0.5 0.75` adds rows for the validation photos at lower resolution (`shifts.downscale`, both
+sides times the factor): how much of a model's balanced accuracy and melanoma AUC depend on the source
+resolution (the HAM10000 copy in ../shared/data is 200 x 150, a third of the published 600 x 450).
 """
 
 from __future__ import annotations
@@ -16,13 +20,23 @@ import argparse
 import json
 from pathlib import Path
 
-from sklearn.metrics import balanced_accuracy_score
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from skinlesion.constants import MANIFEST_FILE
 from skinlesion.data import load_table, read_manifest, select_split
 from skinlesion.evaluation.ood_retrieval import image_features
-from skinlesion.evaluation.shifts import SHIFTS
+from skinlesion.evaluation.shifts import SHIFTS, downscale
 from skinlesion.inference.predictor import Predictor
+
+
+def ranking_figures(targets: list[int], probs: np.ndarray, labels: list[str]) -> dict[str, float]:
+    """Melanoma one-vs-rest AUC (when the model has `mel`) and the macro one-vs-rest AUC, identity view."""
+    y = np.asarray(targets)
+    out = {"macro_auc_no_tta": float(roc_auc_score(y, probs, multi_class="ovr", labels=range(len(labels))))}
+    if "mel" in labels:
+        out["melanoma_auc_no_tta"] = float(roc_auc_score(y == labels.index("mel"), probs[:, labels.index("mel")]))
+    return out
 
 
 def main() -> None:
@@ -31,7 +45,12 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="HAM10000 (split by the model folder's manifest)")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here too")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--downscale", type=float, nargs="*", default=[], metavar="F",
+                        help="also score the validation photos at F x their resolution (0 < F < 1)")
+    parser.add_argument("--no-shifts", action="store_true", help="skip the clinic shifts (clean and --downscale only)")
     args = parser.parse_args()
+    if any(not 0 < f < 1 for f in args.downscale):
+        parser.error(f"--downscale factors must be in (0, 1), got {args.downscale}")
 
     predictor = Predictor.from_pretrained(args.model, use_onnx=False, tta="none")
     detector = predictor.ood_detector
@@ -41,10 +60,13 @@ def main() -> None:
     result = {"model": args.model, "n_val": len(paths),
               "detector": None if detector is None else {"method": detector.method, "taps": list(detector.taps),
                                                           "quantile": detector.quantile}}
-    for name, shift in [("clean", None), *SHIFTS.items()]:
+    shifts = [] if args.no_shifts else list(SHIFTS.items())
+    shifts += [(f"downscale_{f:g}", lambda p, i, f=f: downscale(p, f)) for f in args.downscale]
+    for name, shift in [("clean", None), *shifts]:
         images = paths if shift is None else [shift(p, i) for i, p in enumerate(paths)]
         logits, features = image_features(predictor, images, batch_size=args.batch_size)
-        row = {"balanced_accuracy_no_tta": float(balanced_accuracy_score(targets, logits[0].argmax(1).numpy()))}
+        row = {"balanced_accuracy_no_tta": float(balanced_accuracy_score(targets, logits[0].argmax(1).numpy())),
+               **ranking_figures(targets, logits[0].softmax(1).numpy(), list(predictor.label_names))}
         if detector is not None:
             scores = detector.score(features, logits[0])
             row["flagged"] = float((scores < detector.threshold).float().mean())

@@ -84,13 +84,27 @@ def test_shift_robustness_reports_accuracy_and_flags_for_each_shift(tmp_path):
     fitted = make_fitted(tmp_path, build_index=False)
     out = tmp_path / "shift.json"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "shift_robustness.py"), "--model", str(fitted.folder),
-                    "--data", str(fitted.data), "--out", str(out)], check=True, capture_output=True, text=True,
-                   timeout=300)
+                    "--data", str(fitted.data), "--out", str(out), "--downscale", "0.5"], check=True,
+                   capture_output=True, text=True, timeout=300)
     result = json.loads(out.read_text())
     assert result["detector"]["method"]
-    for name in ("clean", "camera_shift", "colour_shift", "aperture_shift"):
+    for name in ("clean", "camera_shift", "colour_shift", "aperture_shift", "downscale_0.5"):
         assert 0.0 <= result[name]["balanced_accuracy_no_tta"] <= 1.0
+        assert 0.0 <= result[name]["macro_auc_no_tta"] <= 1.0
         assert 0.0 <= result[name]["flagged"] <= 1.0
+    assert 0.0 <= result["clean"]["melanoma_auc_no_tta"] <= 1.0  # the tiny model has a `mel` class
+
+
+def test_downscale_keeps_the_aspect_and_rejects_factors_outside_0_1(tmp_path):
+    from PIL import Image
+
+    from skinlesion.evaluation.shifts import downscale
+
+    Image.new("RGB", (200, 150), (120, 80, 60)).save(tmp_path / "a.jpg")
+    assert downscale(str(tmp_path / "a.jpg"), 0.5).size == (100, 75)
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "shift_robustness.py"), "--model", "m", "--data", "d",
+                          "--downscale", "1.5"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "--downscale factors must be in (0, 1)" in run.stderr
 
 
 def test_eligibility_tolerates_sampling_noise_but_not_a_real_excess():

@@ -48,5 +48,14 @@ def aperture_shift(path: str, seed: int) -> Image.Image:
     return Image.fromarray(np.where(inside[..., None], np.asarray(image), 0).astype(np.uint8))
 
 
+def downscale(path: str, factor: float) -> Image.Image:
+    """The same photo at a lower resolution: both sides times `factor` (bicubic, antialiased). Not a
+    clinic shift (not in `SHIFTS`): `scripts/shift_robustness.py --downscale` uses it to measure how much a
+    model's figures depend on source resolution."""
+    image = Image.open(path).convert("RGB")
+    w, h = image.size
+    return image.resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.BICUBIC)
+
+
 SHIFTS: dict[str, Callable[[str, int], Image.Image]] = {
     "camera_shift": camera_shift, "colour_shift": colour_shift, "aperture_shift": aperture_shift}
