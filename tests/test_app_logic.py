@@ -162,7 +162,11 @@ def test_warnings_only_when_uncertain_or_out_of_distribution():
     uncertain = logic.warnings_markdown(make_prediction(uncertain=True, confidence=0.41, agreement=0.5))
     assert "Uncertain" in uncertain and "41.0%" in uncertain and "dermoscopic" not in uncertain
     ood = logic.warnings_markdown(make_prediction(out_of_distribution=True, ood_score=-2.5))
-    assert "does not look like the dermoscopic images" in ood and "-2.50" in ood
+    assert "does not look like the dermoscopic images" in ood and "-2.50" in ood and "thumbnail" not in ood
+    refused = make_prediction(out_of_distribution=True, ood_score=-2.5)
+    assert "only 90x60 pixels" in logic.warnings_markdown(refused, (90, 60))   # small: the size may be the cause
+    assert "pixels" not in logic.warnings_markdown(refused, (600, 450))
+    assert logic.warnings_markdown(make_prediction(), (90, 60)) == ""          # a small image that passes: no warning
 
 
 def test_summary_and_agreement_markdown():

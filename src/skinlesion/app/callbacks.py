@@ -82,7 +82,7 @@ def analyze(registry: ModelRegistry, image: Any, model_name: str | None = None, 
         overlay=display_size(exp.overlay), heatmap=display_size(heatmap_image(exp.heatmap)),
         model_input=pred.model_input,
         summary=summary_markdown(pred, model_name=name, target_label=exp.target_label, method=exp.method),
-        warnings=warnings_markdown(pred), agreement=agreement_markdown(pred), details=details)
+        warnings=warnings_markdown(pred, rgb.size), agreement=agreement_markdown(pred), details=details)
 
 
 def compare(registry: ModelRegistry, image: Any, model_names: Sequence[str] | None = None, method: str = "gradcam",
