@@ -164,6 +164,8 @@ def test_evaluate_cli_writes_every_file_and_key(tmp_path, tiny_model_folder, cap
         assert (out / name).stat().st_size > 0, name
     markdown = (out / "report.md").read_text()
     assert "## Comparison" in markdown and "| rank | method |" in markdown
+    assert set(report["melanoma"]["auc_against"]) == {"bkl", "nv"}
+    assert "melanoma AUC against each class alone | bkl " in markdown
 
 
 def test_label_map_cli_scores_the_present_classes_only(tmp_path, tiny_model_folder, capsys):

@@ -39,6 +39,8 @@ def test_summary_matches_hand_computed_values():
     # melanoma: 1 of 2 melanomas called mel; 3 of 4 non-melanomas not called mel
     assert s["melanoma"]["sensitivity"] == pytest.approx(0.5)
     assert s["melanoma"]["specificity"] == pytest.approx(0.75)
+    # p(mel) of the melanomas (0.8, 0.3) against bkl's (0.2, 0.6): 3 of 4 pairs; against nv's (0.1, 0.2): 4 of 4
+    assert s["melanoma"]["auc_against"] == pytest.approx({"bkl": 0.75, "nv": 1.0})
     assert "accuracy_all_classes" not in s  # every class present: nothing restricted
 
 

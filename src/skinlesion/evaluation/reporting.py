@@ -173,6 +173,8 @@ def model_section(report: dict) -> list[str]:
         ["malignant-vs-benign AUC", fmt(report["malignant_auc"]) + _ci(ci.get("malignant_auc"))],
         ["melanoma sensitivity / specificity (argmax)",
          f"{fmt(mel.get('sensitivity'))} / {fmt(mel.get('specificity'))}"],
+        ["melanoma AUC against each class alone",
+         ", ".join(f"{k} {fmt(v)}" for k, v in (mel.get("auc_against") or {}).items()) or "-"],
         ["ECE (15 bins) before / after temperature", f"{fmt(report['ece_before'])} / {fmt(report['ece_after'])}"],
     ])
     lines += _table(["class", "precision", "recall", "F1", "AUC", "support"],
