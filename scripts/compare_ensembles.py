@@ -21,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from sklearn.metrics import balanced_accuracy_score
 
 from skinlesion.constants import MANIFEST_FILE, MODEL_WEIGHTS_FILE
 from skinlesion.data import load_table, read_manifest, select_split
 from skinlesion.data.transforms import Preprocessing
+from skinlesion.evaluation.metrics import binary_auc
 from skinlesion.evaluation.view_logits import collect_view_logits
 from skinlesion.inference.predictor import Predictor
 from skinlesion.models.ensemble import Member, check_members, load_members
@@ -68,7 +69,7 @@ def main() -> None:
             combined = torch.from_numpy(sum(logits[name] for name in subset) / len(subset))
             probs = torch.softmax(combined, dim=-1).mean(dim=0).numpy()  # TTA: mean of the views' probabilities
             rows.append({"members": list(subset), "val_balanced_accuracy": float(balanced_accuracy_score(y, probs.argmax(1))),
-                         "val_melanoma_auc": None if mel is None else float(roc_auc_score(y == mel, probs[:, mel]))})
+                         "val_melanoma_auc": None if mel is None else binary_auc(y == mel, probs[:, mel])})
             print(f"{' + '.join(subset):60s} balanced accuracy {rows[-1]['val_balanced_accuracy']:.4f}"
                   + ("" if mel is None else f"  melanoma AUC {rows[-1]['val_melanoma_auc']:.4f}"), flush=True)
     (args.out / "compare_ensembles.json").write_text(json.dumps(

@@ -21,21 +21,24 @@ import json
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from sklearn.metrics import balanced_accuracy_score
 
 from skinlesion.constants import MANIFEST_FILE
 from skinlesion.data import load_table, read_manifest, select_split
+from skinlesion.evaluation.metrics import binary_auc, macro_auc
 from skinlesion.evaluation.ood_retrieval import image_features
 from skinlesion.evaluation.shifts import SHIFTS, downscale
+from skinlesion.inference.calibration import calibrated_probs
 from skinlesion.inference.predictor import Predictor
 
 
-def ranking_figures(targets: list[int], probs: np.ndarray, labels: list[str]) -> dict[str, float]:
-    """Melanoma one-vs-rest AUC (when the model has `mel`) and the macro one-vs-rest AUC, identity view."""
+def ranking_figures(targets: list[int], probs: np.ndarray, labels: list[str]) -> dict[str, float | None]:
+    """The macro one-vs-rest AUC and, when the model has `mel`, the melanoma one-vs-rest AUC (identity view),
+    with evaluate.py's own metric functions."""
     y = np.asarray(targets)
-    out = {"macro_auc_no_tta": float(roc_auc_score(y, probs, multi_class="ovr", labels=range(len(labels))))}
+    out = {"macro_auc_no_tta": macro_auc(y, probs)}
     if "mel" in labels:
-        out["melanoma_auc_no_tta"] = float(roc_auc_score(y == labels.index("mel"), probs[:, labels.index("mel")]))
+        out["melanoma_auc_no_tta"] = binary_auc(y == labels.index("mel"), probs[:, labels.index("mel")])
     return out
 
 
@@ -66,7 +69,9 @@ def main() -> None:
         images = paths if shift is None else [shift(p, i) for i, p in enumerate(paths)]
         logits, features = image_features(predictor, images, batch_size=args.batch_size)
         row = {"balanced_accuracy_no_tta": float(balanced_accuracy_score(targets, logits[0].argmax(1).numpy())),
-               **ranking_figures(targets, logits[0].softmax(1).numpy(), list(predictor.label_names))}
+               # calibrated as the app and evaluate.py serve them: a temperature can reorder one class's probability
+               **ranking_figures(targets, calibrated_probs(logits, predictor.loaded.temperature).numpy(),
+                                 list(predictor.label_names))}
         if detector is not None:
             scores = detector.score(features, logits[0])
             row["flagged"] = float((scores < detector.threshold).float().mean())

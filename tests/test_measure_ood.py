@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 from fitted_folder import make_fitted, non_lesion_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +83,10 @@ def test_chosen_candidate_turns_into_arguments_fit_features_accepts():
 
 
 def test_shift_robustness_reports_accuracy_and_flags_for_each_shift(tmp_path):
+    from skinlesion.models.folder import update_extras
+
     fitted = make_fitted(tmp_path, build_index=False)
+    update_extras(fitted.folder, temperature=0.2)  # far from 1, so uncalibrated AUCs would not match below
     out = tmp_path / "shift.json"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "shift_robustness.py"), "--model", str(fitted.folder),
                     "--data", str(fitted.data), "--out", str(out), "--downscale", "0.5"], check=True,
@@ -92,7 +97,20 @@ def test_shift_robustness_reports_accuracy_and_flags_for_each_shift(tmp_path):
         assert 0.0 <= result[name]["balanced_accuracy_no_tta"] <= 1.0
         assert 0.0 <= result[name]["macro_auc_no_tta"] <= 1.0
         assert 0.0 <= result[name]["flagged"] <= 1.0
-    assert 0.0 <= result["clean"]["melanoma_auc_no_tta"] <= 1.0  # the tiny model has a `mel` class
+    # The clean row's AUCs are the identity-view AUCs of the Predictor itself on the validation split.
+    from skinlesion.constants import MANIFEST_FILE
+    from skinlesion.data import load_table, read_manifest, select_split
+    from skinlesion.evaluation.metrics import binary_auc, macro_auc
+    from skinlesion.inference.predictor import Predictor
+
+    predictor = Predictor.from_pretrained(fitted.folder, use_onnx=False, tta="none")
+    val = select_split(load_table(fitted.data), read_manifest(fitted.folder / MANIFEST_FILE), "val")
+    labels = list(predictor.label_names)
+    probs = np.array([[p.probs[c] for c in labels] for p in (predictor.predict(str(x)) for x in val.frame["path"])])
+    y = np.array([labels.index(label) for label in val.frame["label"]])
+    assert result["clean"]["macro_auc_no_tta"] == pytest.approx(macro_auc(y, probs), abs=1e-4)
+    assert result["clean"]["melanoma_auc_no_tta"] == pytest.approx(
+        binary_auc(y == labels.index("mel"), probs[:, labels.index("mel")]), abs=1e-4)
 
 
 def test_downscale_keeps_the_aspect_and_rejects_factors_outside_0_1(tmp_path):
