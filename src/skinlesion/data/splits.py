@@ -20,6 +20,9 @@ import pandas as pd
 from .table import DataError, LesionTable
 
 SPLITS = ("train", "val", "test")
+# A training image that duplicates a validation or test image (near_duplicates.py) is kept in the manifest,
+# under this name, so the record says what was left out and why; no split selects it.
+EXCLUDED = "excluded"
 
 
 def read_duplicate_pairs(path: str | Path) -> list[tuple[str, str]]:
@@ -106,7 +109,9 @@ def lesion_grouped_split(table: LesionTable, *, val: float = 0.1, test: float = 
 def write_manifest(manifest: pd.DataFrame, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    manifest[["image_id", "split"]].to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL)
+    # `source` (several sources) follows the two columns every reader needs.
+    columns = ["image_id", "split", *(["source"] if "source" in manifest.columns else [])]
+    manifest[columns].to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL)
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
@@ -119,7 +124,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         raise DataError(f"{path}: not a readable split manifest ({err})") from err
     if list(frame.columns[:2]) != ["image_id", "split"]:
         raise DataError(f"{path}: a split manifest has columns image_id,split; found {list(frame.columns)}")
-    bad = sorted(set(frame["split"]) - set(SPLITS))
+    bad = sorted(set(frame["split"]) - {*SPLITS, EXCLUDED})
     if bad:
         raise DataError(f"{path}: unknown split name(s) {bad}; expected {list(SPLITS)}")
     dup = frame["image_id"][frame["image_id"].duplicated()]
@@ -150,4 +155,4 @@ def select_split(table: LesionTable, manifest: pd.DataFrame, split: str) -> Lesi
     if frame.empty:
         raise DataError(f"split {split!r} of {table.root} is empty")
     return LesionTable(frame=frame, layout=table.layout, root=table.root, problems=list(table.problems),
-                       counters=dict(table.counters))
+                       counters=dict(table.counters), sources=list(table.sources))

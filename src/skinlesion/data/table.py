@@ -1,7 +1,8 @@
 """The one table every layout is read into, and the error a dataset that cannot be read raises.
 
 The table (`LesionTable.frame`) has one row per image with columns
-`image_id, path, label, group` and, when the source has them, `age, sex, site`.
+`image_id, path, label, group` and, when the source has them, `age, sex, site, dx_type` (how the
+diagnosis was confirmed).
 Problems (missing files, unknown labels, dropped rows) are collected in `LesionTable.problems`
 when the caller asked to skip them, and raised as `DataError` naming the row otherwise.
 Every reader (`layouts.py`, `hf.py`) builds its table here, so neither imports the other's module.
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-TABLE_COLUMNS = ["image_id", "path", "label", "group", "age", "sex", "site"]
+TABLE_COLUMNS = ["image_id", "path", "label", "group", "age", "sex", "site", "dx_type"]
 
 
 class DataError(ValueError):
@@ -29,6 +30,8 @@ class LesionTable:
     root: str
     problems: list[str] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    # Several sources (`sources.load_sources`): one dict per source folder (name, path, layout, split rule, counts).
+    sources: list[dict] = field(default_factory=list)
 
     @property
     def classes(self) -> list[str]:
@@ -45,6 +48,7 @@ class LesionTable:
             "n_groups": int(frame["group"].nunique()),
             "counters": dict(self.counters),
             "problems": list(self.problems),
+            **({"sources": self.sources} if self.sources else {}),
         }
 
 

@@ -14,20 +14,32 @@ from ..constants import COLOR_CONSTANCY, DEFAULT_CROP_PCT, DEFAULT_IMAGE_SIZE, D
 LOSSES = ("ce", "weighted_ce", "focal", "logit_adjusted")
 SAMPLINGS = ("plain", "balanced")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
-TTA_MODES = ("none", "flips", "full")  # names of skinlesion.inference.tta.TTA_MODES (kept here so config needs no torch)
+TTA_MODES = ("none", "flips", "full")
+SELECTIONS = ("worst_source", "pooled")  # names of skinlesion.inference.tta.TTA_MODES (kept here so config needs no torch)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     # --- data
-    data: str = ""                       # dataset folder / CSV / saved HF dataset / Hub dataset id
-    layout: str | None = None            # override the auto-detected layout
+    # One or more sources, each `PATH[,name=N][,layout=L][,split=S]` (data/sources.py): dataset folder, CSV,
+    # saved HF dataset or Hub dataset id. Trained as one table; each keeps its own layout and official split.
+    data: tuple[str, ...] = ()
+    layout: str | None = None            # default layout for sources that do not name one (auto-detect)
     label_map: str | None = None         # "common_nevus=nv,melanoma=mel"
     manifest: str | None = None          # split manifest (image_id,split); made and saved when absent
     val_fraction: float = 0.1            # used only when making the split
     test_fraction: float = 0.1
     duplicates: str | None = None        # extra same-lesion pairs; default: duplicate_lesion_pairs.csv beside data
     skip_bad: bool = False               # skip (and count) unreadable images / unknown labels instead of failing
+    # Held-out test folders (e.g. ISIC2017_test) never trained on: read only so that a training image that
+    # duplicates one of them is left out (and counted), as one duplicating a val/test image is.
+    holdout: tuple[str, ...] = ()
+    # Near-duplicate screen (data/near_duplicates.py): max Hamming distance of the 256-bit perceptual hash at which
+    # two images count as one photograph. 0 switches the screen off.
+    duplicate_distance: int = 40
+    # Best epoch: "worst_source" = the lowest per-source validation balanced accuracy (a model cannot win on one
+    # clinic while losing another; docs/training.md), "pooled" = balanced accuracy of all validation images.
+    selection: str = "worst_source"
     # --- model
     model: str = "resnet18"              # any timm name, or densenet201_se / lesion_cnn
     pretrained: bool = False             # ImageNet weights from the Hub (timm's default tag for `model`)
@@ -91,7 +103,18 @@ class TrainConfig:
     progress: bool = True                # tqdm bars on the main process
 
     def __post_init__(self) -> None:
+        # Recipes and configs saved before several sources existed hold one path as a string.
+        for name in ("data", "holdout"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, (value,) if value else ())
+            elif not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
         problems = []
+        if self.selection not in SELECTIONS:
+            problems.append(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if self.duplicate_distance < 0:
+            problems.append(f"duplicate_distance must not be negative, got {self.duplicate_distance}")
         if self.loss not in LOSSES:
             problems.append(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.sampling not in SAMPLINGS:
@@ -175,13 +198,23 @@ def build_parser() -> argparse.ArgumentParser:
     bool_flag = argparse.BooleanOptionalAction
 
     g = p.add_argument_group("data")
-    g.add_argument("--data", help="dataset folder, CSV, saved HF dataset or Hub dataset id")
-    g.add_argument("--layout", help="override layout detection (ham10000, isic2017/2018/2019, imagefolder, hf)")
+    g.add_argument("--data", nargs="+", action="extend", metavar="SOURCE",
+                   help="one or more sources, each PATH[,name=N][,layout=L][,split=train|val|test]: dataset folder, "
+                        "CSV, saved HF dataset or Hub dataset id (e.g. --data ../HAM10000 ../ISIC2017_train "
+                        "../ISIC2017_val)")
+    g.add_argument("--layout", help="layout for sources that do not name one (ham10000, isic2017/2018/2019, "
+                                    "imagefolder, hf); auto-detected otherwise")
     g.add_argument("--label-map", help="rename labels: SRC=DST,...")
     g.add_argument("--manifest", help="split manifest CSV (image_id,split); made and saved when absent")
     g.add_argument("--val-fraction", type=float)
     g.add_argument("--test-fraction", type=float)
     g.add_argument("--duplicates", help="CSV of image pairs showing the same lesion")
+    g.add_argument("--holdout", nargs="+", action="extend", metavar="SOURCE",
+                   help="held-out test folder(s) never trained on; training images duplicating them are left out")
+    g.add_argument("--duplicate-distance", type=int,
+                   help="near-duplicate screen: max Hamming distance of the 256-bit image hash (0 = off; default 40)")
+    g.add_argument("--selection", choices=SELECTIONS,
+                   help="best epoch by the worst source's validation balanced accuracy (default) or the pooled one")
     g.add_argument("--skip-bad", action=bool_flag, default=None)
 
     g = p.add_argument_group("model")
@@ -254,7 +287,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     names = {f.name for f in fields(TrainConfig)}
     for key, value in vars(args).items():
         if key in names and value is not None:
-            values[key] = value
+            values[key] = tuple(value) if isinstance(value, list) else value
     if not values.get("data"):
         raise ValueError("--data is required (or a 'data' key in --config)")
     return TrainConfig.from_dict(values)

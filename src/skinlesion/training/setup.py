@@ -11,21 +11,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import torch
 from accelerate import Accelerator
 
 from ..constants import DEFAULT_MEAN, DEFAULT_STD, MANIFEST_FILE
 from ..data import (
     lesion_grouped_split,
-    load_table,
     read_duplicate_pairs,
     read_manifest,
     select_split,
     write_manifest,
 )
+from ..data.sources import load_sources
+from ..data.splits import EXCLUDED
 from ..data.table import DataError, LesionTable
 from ..data.transforms import Augmentation, Preprocessing
 from ..models.architectures import check_model_name
@@ -36,6 +38,7 @@ from . import checkpoint
 from .config import TrainConfig
 
 CHECKPOINT_DIR = "checkpoints"
+DUPLICATES_FILE = "near_duplicates.csv"
 
 
 class TrainingSetupError(ValueError):
@@ -48,6 +51,8 @@ class SplitData:
     val: LesionTable
     classes: list[str]
     manifest_path: Path
+    sources: list[dict] = field(default_factory=list)          # per source: name, path, layout, counts per split
+    duplicate_screen: dict = field(default_factory=dict)        # near-duplicate pairs found, training images left out
 
 
 def resolve_mixed_precision(setting: str) -> str:
@@ -163,28 +168,84 @@ def fail_together(accelerator: Accelerator, check: Callable[[], object]) -> obje
     return result
 
 
+def assign_splits(table: LesionTable, manifest: pd.DataFrame | None, *, val: float, test: float, seed: int,
+                  pairs: list[tuple[str, str]]) -> pd.DataFrame:
+    """`image_id, split, source` for every row: a given manifest first, then each source's official (or given)
+    split, then a lesion-grouped split per remaining source with its same-lesion and near-duplicate pairs merged.
+
+    An image the manifest lists keeps its split, so a model fine-tuned on more sources keeps the split its
+    starting weights were trained on (its validation and test images stay unseen).
+    """
+    frame = table.frame
+    split = pd.Series("", index=frame.index, dtype=object)
+    if manifest is not None:
+        split = frame["image_id"].map(dict(zip(manifest["image_id"], manifest["split"], strict=True))).fillna("")
+    pinned = (split == "") & (frame["source_split"].fillna("") != "")
+    split[pinned] = frame.loc[pinned, "source_split"]
+    for source in dict.fromkeys(frame.loc[split == "", "source"]):
+        rows = frame.index[(split == "") & (frame["source"] == source)]
+        sub = LesionTable(frame=frame.loc[rows].reset_index(drop=True), layout=table.layout, root=table.root)
+        made = lesion_grouped_split(sub, val=val, test=test, seed=seed, duplicate_pairs=pairs)
+        split[rows] = made["split"].to_numpy()
+    return pd.DataFrame({"image_id": frame["image_id"], "split": split, "source": frame["source"]})
+
+
+def same_lesion_pairs(table: LesionTable, extra: str | None) -> list[tuple[str, str]]:
+    """Published same-lesion pairs: `extra` (--duplicates) and each source's `duplicate_lesion_pairs.csv`."""
+    paths = [Path(extra)] if extra else []
+    paths += [Path(info["root"]) / "duplicate_lesion_pairs.csv" for info in table.sources]
+    pairs: list[tuple[str, str]] = []
+    for path in dict.fromkeys(paths):
+        if path.exists():
+            pairs += read_duplicate_pairs(path)
+    return pairs
+
+
+def screen_duplicates(cfg: TrainConfig, table: LesionTable, *, progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Near-duplicate pairs among the sources and against the --holdout folders; (pairs, holdout frame)."""
+    from ..data import near_duplicates
+
+    holdout = load_sources(list(cfg.holdout), label_map=parse_label_map(cfg.label_map), skip_bad=cfg.skip_bad) \
+        if cfg.holdout else None
+    frame = table.frame[["image_id", "path", "source"]]
+    if holdout is not None:
+        held = holdout.frame[["image_id", "path", "source"]].assign(source=lambda f: "holdout:" + f["source"])
+        frame = pd.concat([frame, held[~held["image_id"].isin(frame["image_id"])]], ignore_index=True)
+    if cfg.duplicate_distance <= 0:
+        return pd.DataFrame(columns=["image_a", "image_b", "distance", "source_a", "source_b"]), frame
+    found = near_duplicates.screen(frame, max_distance=cfg.duplicate_distance, progress=progress)
+    return found.pairs, frame
+
+
 def prepare_split(cfg: TrainConfig, is_main: bool) -> SplitData:
-    """Read the data table and the split (no image is decoded); make the lesion-grouped split when no manifest was given.
+    """Read every source and the split (images decoded only for the near-duplicate hashes); make the split
+    when no manifest covers it; leave out training images that duplicate a validation, test or held-out image.
 
     Every process computes the same split from the seed, so no file has to be shared before the
-    processes synchronise; only the main process writes the manifest.
+    processes synchronise; only the main process writes the manifest and the duplicate list.
     """
-    table = load_table(cfg.data, layout=cfg.layout, label_map=parse_label_map(cfg.label_map), skip_bad=cfg.skip_bad)
+    from ..data.near_duplicates import training_leaks
+
+    table = load_sources(list(cfg.data), layout=cfg.layout, label_map=parse_label_map(cfg.label_map),
+                         skip_bad=cfg.skip_bad)
     out = Path(cfg.output_dir)
-    if cfg.manifest:
-        manifest = read_manifest(cfg.manifest)
-    else:
-        saved = out / MANIFEST_FILE
-        if cfg.resume and saved.exists():
-            manifest = read_manifest(saved)  # a resumed run keeps the split it started with
-        else:
-            dup_path = Path(cfg.duplicates) if cfg.duplicates else Path(table.root) / "duplicate_lesion_pairs.csv"
-            pairs = read_duplicate_pairs(dup_path) if dup_path.exists() else []
-            manifest = lesion_grouped_split(table, val=cfg.val_fraction, test=cfg.test_fraction, seed=cfg.seed,
-                                            duplicate_pairs=pairs)
+    saved = out / MANIFEST_FILE
+    given = read_manifest(cfg.manifest) if cfg.manifest else \
+        read_manifest(saved) if cfg.resume and saved.exists() else None  # a resumed run keeps its split
+    dup_pairs, screened = screen_duplicates(cfg, table, progress=is_main and cfg.progress)
+    near = list(zip(dup_pairs["image_a"], dup_pairs["image_b"], strict=True))
+    manifest = assign_splits(table, given, val=cfg.val_fraction, test=cfg.test_fraction, seed=cfg.seed,
+                             pairs=same_lesion_pairs(table, cfg.duplicates) + near)
+    split_of = dict(zip(manifest["image_id"], manifest["split"], strict=True))
+    split_of.update({i: "holdout" for i, s in zip(screened["image_id"], screened["source"], strict=True)
+                     if s.startswith("holdout:") and i not in split_of})
+    leaks = training_leaks(split_of, near)
+    manifest.loc[manifest["image_id"].isin(leaks), "split"] = EXCLUDED
     manifest_path = out / MANIFEST_FILE
     if is_main:
         write_manifest(manifest, manifest_path)
+        dup_pairs.assign(split_a=dup_pairs["image_a"].map(split_of), split_b=dup_pairs["image_b"].map(split_of)) \
+            .to_csv(out / DUPLICATES_FILE, index=False)
     tables = {}
     for name in ("train", "val"):
         try:
@@ -193,14 +254,30 @@ def prepare_split(cfg: TrainConfig, is_main: bool) -> SplitData:
             if "is empty" not in str(err):
                 raise
             hint = "--val-fraction above 0" if name == "val" else "a manifest with 'train' rows"
-            raise TrainingSetupError(f"the {name} split has no images ({cfg.data}); use {hint}") from err
+            raise TrainingSetupError(f"the {name} split has no images ({', '.join(cfg.data)}); use {hint}") from err
     train_t, val_t = tables["train"], tables["val"]
     # Sorted before ids are assigned: every process and every later run agrees on class indices.
     classes = sorted(set(train_t.frame["label"]) | set(val_t.frame["label"]))
     missing = sorted(set(classes) - set(train_t.frame["label"]))
     if missing:
         raise TrainingSetupError(f"class(es) {missing} appear in the validation split but not in training")
-    return SplitData(train=train_t, val=val_t, classes=classes, manifest_path=manifest_path)
+    sources = source_records(table, manifest)
+    screen = {"max_distance": cfg.duplicate_distance, "n_pairs": int(len(dup_pairs)),
+              "train_images_left_out": int(len(leaks)), "holdout": list(cfg.holdout), "pairs_file": DUPLICATES_FILE}
+    return SplitData(train=train_t, val=val_t, classes=classes, manifest_path=manifest_path, sources=sources,
+                     duplicate_screen=screen)
+
+
+def source_records(table: LesionTable, manifest: pd.DataFrame) -> list[dict]:
+    """Per source folder: what `load_sources` recorded plus the image count per split and class."""
+    split_of = dict(zip(manifest["image_id"], manifest["split"], strict=True))
+    records = []
+    for info in table.sources:
+        rows = table.frame[(table.frame["source"] == info["name"]) & (table.frame["source_root"] == info["root"])]
+        counts = pd.crosstab(rows["image_id"].map(split_of), rows["label"])
+        records.append({**info, "per_split": {s: {c: int(n) for c, n in counts.loc[s].items() if n}
+                                              for s in counts.index}})
+    return records
 
 
 def check_split(cfg: TrainConfig, split: SplitData, num_processes: int, init_cfg: dict | None) -> None:
