@@ -11,6 +11,16 @@ Examples:
       --label-map common_nevus=nv,atypical_nevus=nv,melanoma=mel --out runs/lesion/eval/ph2
   python evaluate.py --model weights --data ../shared/data/HAM10000 --ood-folder runs/ood_sets/everyday_photos \\
       --ood-folder runs/ood_sets/screenshots --out runs/ood   # flag rate of the OOD check on each folder
+  python evaluate.py --model weights --data ../shared/data/HAM10000 --by sex age site dx_type --out runs/by
+  python evaluate.py --model weights --data ../shared/data/HAM10000 ../shared/data/ISIC2017_test --by source \\
+      --out runs/by_source   # HAM10000's test split + the whole of a set the split manifest does not list
+
+Several --data sources: each read by its own layout into one table with a `source` column. With a split
+manifest, --split (default test) picks the manifest's split of the sources it lists; a source it does not
+list is held out and scored whole (refused under --split val); --split all scores everything.
+--by COLUMN reports n, balanced accuracy, melanoma AUC and malignant sensitivity/specificity at the app's
+operating point per group of sex, age (bands <30, 30-44, 45-59, 60-74, 75+), site (or localization), source
+or dx_type, with bootstrap 95% intervals; groups under 30 images (or short of a class) are noted, not scored.
 """
 
 from __future__ import annotations
@@ -40,12 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, help="torch device (default: the Predictor's choice)")
 
     g = parser.add_argument_group("data")
-    g.add_argument("--data", required=True, help="dataset folder or CSV (HAM10000, ISIC 2017/2018/2019, class folders)")
-    g.add_argument("--layout", choices=LAYOUTS, default=None, help="override the auto-detected layout")
+    g.add_argument("--data", required=True, nargs="+", metavar="SOURCE",
+                   help="one or more dataset folders or CSVs (HAM10000, ISIC 2017/2018/2019, class folders), each "
+                        "PATH[,name=N][,layout=L][,split=S]")
+    g.add_argument("--layout", choices=LAYOUTS, default=None,
+                   help="override the auto-detected layout (of every source that does not name its own)")
     g.add_argument("--split", choices=EVAL_SPLITS, default=None,
-                   help="split of a manifest-split set (default: test); other sets are evaluated whole")
+                   help="split of the sources the manifest lists (default: test); sources it does not list, and "
+                        "sets without a manifest, are evaluated whole")
     g.add_argument("--manifest", default=None,
-                   help="split manifest CSV (default for HAM10000: the model folder's split_manifest.csv)")
+                   help="split manifest CSV (default: the model folder's split_manifest.csv, for HAM10000 "
+                        "or any data it lists)")
     g.add_argument("--label-map", default=None, metavar="SRC=DST,...",
                    help="map data labels onto model labels, e.g. common_nevus=nv,melanoma=mel")
 
@@ -60,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("statistics and calibration")
     g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% intervals (0 = off)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--by", action="extend", nargs="+", default=[], metavar="COLUMN",
+                   help="also report per group of each metadata column: sex, age (banded), site (= localization), "
+                        "source, dx_type; several columns, repeatable")
     g.add_argument("--fit-temperature", action=argparse.BooleanOptionalAction, default=False,
                    help="fit temperature + OOD threshold on the VALIDATION split and write them to the model folder")
 
@@ -82,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace, argv: list[str] | None) -> EvalConfig:
     return EvalConfig(
-        models=tuple(args.models), data=args.data, out=args.out, layout=args.layout, split=args.split,
+        models=tuple(args.models), data=tuple(args.data), out=args.out, layout=args.layout, split=args.split,
         manifest=args.manifest, label_map=parse_label_map(args.label_map), tta=args.tta,
         compare_tta=args.compare_tta, batch_size=args.batch_size, workers=args.workers, bootstrap=args.bootstrap,
         seed=args.seed, fit_temperature=args.fit_temperature,
@@ -90,6 +108,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str] | None) -> EvalCo
         cam_images=args.cam_images, cam_tta=args.cam_tta, masks=args.masks, sheet_images=args.sheet_images,
         revision=args.revision, device=args.device, progress=args.progress, command=command_line(argv),
         ood_folders=tuple(args.ood_folders), cases_k=args.cases_k,
+        by=tuple(c.strip() for arg in args.by for c in arg.split(",") if c.strip()),
     )
 
 

@@ -161,10 +161,39 @@ def read_ham10000(path: Path, *, skip_bad: bool = False, label_map: dict[str, st
             "age": age_value,
             "sex": (rec.get("sex") or "").strip() or None,
             "site": (rec.get("localization") or "").strip() or None,
+            # How the diagnosis was confirmed (histo, follow_up, consensus, confocal): `evaluate.py --by dx_type`.
+            "dx_type": (rec.get("dx_type") or "").strip() or None,
         })
     rows, missing = _attach_paths(rows, index_images(root), problems, skip_bad, csv_path)
     counters = {"missing_images": missing, "unknown_labels": unknown, "bad_rows": bad_rows}
     return table_from_rows(rows, "ham10000", root, problems, counters, label_map)
+
+
+ISIC2017_METADATA_COLUMNS = ("image_id", "age_approximate", "sex")
+# ISIC 2017's metadata writes a missing value as the word "unknown".
+_UNKNOWN = {"", "unknown", "nan"}
+
+
+def read_isic2017_metadata(folder: Path, problems: list[str]) -> dict[str, dict]:
+    """image_id -> {"age", "sex"} from the `*_Data_metadata.csv` (`image_id,age_approximate,sex`) files in `folder`.
+
+    Metadata is optional: no such file gives {}; a bad age is noted in `problems` and left empty, never fatal.
+    """
+    found: dict[str, dict] = {}
+    for csv_path, header in _csv_headers(folder).items():
+        if header is None or not set(ISIC2017_METADATA_COLUMNS) <= set(header):
+            continue
+        for i, rec in enumerate(_read_csv(csv_path).to_dict("records"), start=2):
+            age = rec["age_approximate"].strip()
+            try:
+                age_value = None if age.lower() in _UNKNOWN else float(age)
+            except ValueError:
+                problems.append(f"{csv_path} row {i}: age_approximate {age!r} is not a number; left empty")
+                age_value = None
+            sex = rec["sex"].strip()
+            found.setdefault(_image_id(rec["image_id"]), {"age": age_value,
+                                                          "sex": None if sex.lower() in _UNKNOWN else sex})
+    return found
 
 
 def _isic_layout_of(columns: list[str]) -> str | None:
@@ -253,6 +282,10 @@ def read_isic_csv(path: Path, *, skip_bad: bool = False, label_map: dict[str, st
             record_problem(problems, f"{where}: empty image id", skip_bad)
             continue
         rows.append({"_row": i, "image_id": image_id, "label": label, "group": image_id})
+    if layout == "isic2017":  # age and sex, when the challenge's metadata CSV sits beside the ground truth
+        metadata = read_isic2017_metadata(csv_path.parent, problems)
+        for row in rows:
+            row.update(metadata.get(row["image_id"], {}))
     if dropped_unk:
         problems.append(f"{csv_path}: dropped {dropped_unk} UNK rows (no HAM10000 class)")
     rows, missing = _attach_paths(rows, index_images(root), problems, skip_bad, csv_path)

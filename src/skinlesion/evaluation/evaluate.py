@@ -1,14 +1,17 @@
 """Evaluate model folders on a dataset: metrics, calibration, explanation quality, comparison.
 
 `run(EvalConfig)` is the whole of `evaluate.py`. Per model it: loads the Predictor; selects the
-images (a split of HAM10000 through the split manifest, or the whole of any other set); streams them
+images (one or several sources read by `sources.load_sources`; a split of the sources the split manifest
+lists, the whole of any other set: `selection.py`); streams them
 through the Predictor's preprocessing and `forward_views` (the one place logits are computed) to get
 (V, N, K) view logits; optionally fits the temperature and OOD threshold on the validation split and
 writes them into the model folder; scores; draws; and scores saliency maps. The same pass yields the
 penultimate-layer features, from which the out-of-distribution check's false-flag rate on the labelled
 set (and its flag rate on each `ood_folders` folder of non-dermoscopic images) and the similar-cases
 retrieval vote (balanced accuracy and melanoma AUC beside the softmax's, precision@k per class; the
-evaluated set's own images and lesions excluded from the index) are scored. With several models
+evaluated set's own images and lesions excluded from the index) are scored. With `by`, the same
+probabilities are scored per group of a metadata column (`groups.py`: sex, age band, site, source,
+dx_type). With several models
 or `compare_tta`, one comparison table is added. Files are written only by `run` and the
 `evaluate_one` / `save_calibration` steps it calls; the data, scoring and fitting functions are pure.
 Choosing and streaming the images is `view_logits.py`; the OOD and retrieval scores, `ood_retrieval.py`.
@@ -28,16 +31,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..constants import MANIFEST_FILE
-from ..data import LesionTable, load_table, read_manifest, select_split
+from ..data import LesionTable
 from ..data.layouts import ISIC2018_TO_HAM, ISIC2019_TO_HAM
+from ..data.sources import load_sources
 from ..imageio import load_rgb
 from ..inference import calibration, cases, tta
 from ..models.folder import update_extras
-from . import metrics, reporting
+from . import groups, metrics, reporting
 from .explain_quality import QualityConfig, evaluate_explanations
 from .ood_retrieval import folder_features, ood_report, ood_retrieval_markdown, retrieval_report
-from .view_logits import check_labels, collect_view_logits, resolve_split
+from .selection import manifest_for, select_images
+from .view_logits import check_labels, collect_view_logits
 
 OOD_QUANTILE = 0.01
 
@@ -63,11 +67,11 @@ class EvalConfig:
     """Everything one evaluation run needs; built once from the command line (see evaluate.py)."""
 
     models: tuple[str, ...]                      # model folders or Hub ids; the first is the primary
-    data: str                                    # dataset path (any layout data.load_table reads)
+    data: tuple[str, ...]                        # data sources, `PATH[,name=N][,layout=L][,split=S]` (a str = one)
     out: str                                     # output folder for report.json, report.md, PNGs
-    layout: str | None = None                    # None = auto-detect
-    split: str | None = None                     # test|val|all; None = test with a manifest, else all
-    manifest: str | None = None                  # None = the model folder's split_manifest.csv (HAM10000)
+    layout: str | None = None                    # None = auto-detect (per source)
+    split: str | None = None                     # test|val|all; None = test with a manifest, else all (selection.py)
+    manifest: str | None = None                  # None = the folder's split_manifest.csv (HAM10000 or data it lists)
     label_map: dict[str, str] = field(default_factory=dict)  # data label -> model label
     tta: str | None = None                       # none|flips|full; None = each model's own setting
     compare_tta: bool = False                    # also report the same pass without TTA (identity view)
@@ -87,19 +91,21 @@ class EvalConfig:
     command: str | None = None                   # the command line, recorded in the report
     ood_folders: tuple[str, ...] = ()            # folders of non-dermoscopic images: OOD flag rate of each
     cases_k: int = cases.DEFAULT_K               # k of the retrieval precision@k
+    by: tuple[str, ...] = ()                     # metadata columns to report per group (groups.py)
+
+    def __post_init__(self):
+        # One path given as a plain string (scripts, tests) is a one-source tuple; normalised once, at construction.
+        if isinstance(self.data, str):
+            object.__setattr__(self, "data", (self.data,))
 
 
 # ---------------------------------------------------------------------------------------------
-# Data (choosing and streaming the images: view_logits.py)
+# Data (choosing the images: selection.py; streaming them: view_logits.py)
 # ---------------------------------------------------------------------------------------------
 
-def manifest_for(cfg: EvalConfig, folder: Path | None, layout: str) -> Path | None:
-    """--manifest if given; for HAM10000, the model folder's own split manifest if it has one."""
-    if cfg.manifest:
-        return Path(cfg.manifest)
-    if layout == "ham10000" and folder is not None and (folder / MANIFEST_FILE).is_file():
-        return folder / MANIFEST_FILE
-    return None
+def load_data(cfg: EvalConfig) -> LesionTable:
+    """Every `--data` source in one table with a `source` column (one source reads exactly as before)."""
+    return load_sources(list(cfg.data), label_map=cfg.label_map, layout=cfg.layout)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,8 +270,10 @@ def evaluate_one(source: str, name: str, cfg: EvalConfig, table: LesionTable, ou
     predictor = _load_predictor(source, cfg)
     folder = _local_folder(source)
     check_labels(sorted(set(table.frame["label"])), list(predictor.label_names), cfg.label_map)
-    manifest = manifest_for(cfg, folder, table.layout)
-    selected, split = resolve_split(table, cfg.split, manifest)
+    manifest = manifest_for(cfg.manifest, folder, table)
+    selected, split, source_record = select_images(table, cfg.split, manifest)
+    for column in cfg.by:  # a column the data lacks fails here, before any inference
+        groups.resolve_column(column, selected.frame)
     mode = cfg.tta or str(predictor.loaded.extras.get("tta", "none"))
     tta.get_views(mode)  # unknown modes fail here, before any work
     # One pass gives both rows of a TTA comparison: view 0 of every mode is the identity.
@@ -281,7 +289,7 @@ def evaluate_one(source: str, name: str, cfg: EvalConfig, table: LesionTable, ou
             require_validation_split(f"the whole of {table.root} (layout {table.layout}, no split manifest)")
         # Evaluating the val split itself: its logits are the ones to fit on, no second pass.
         val = None if split == "val" else collect_view_logits(
-            predictor, select_split(table, read_manifest(manifest), "val"), mode, batch_size=cfg.batch_size,
+            predictor, select_images(table, "val", manifest)[0], mode, batch_size=cfg.batch_size,
             workers=cfg.workers, progress=cfg.progress)
     logits = collect_view_logits(predictor, selected, pass_mode, batch_size=cfg.batch_size, workers=cfg.workers,
                                  progress=cfg.progress)
@@ -297,13 +305,20 @@ def evaluate_one(source: str, name: str, cfg: EvalConfig, table: LesionTable, ou
     t0 = time.perf_counter()
     report = score(view_logits, logits.targets, list(predictor.label_names), temperature,
                    bootstrap=cfg.bootstrap, seed=cfg.seed)
+    if cfg.by:
+        probs = calibration.calibrated_probs(view_logits, temperature).numpy()
+        report["by"] = groups.by_groups(selected.frame, logits.targets.numpy(), probs, list(predictor.label_names),
+                                        cfg.by, bootstrap=cfg.bootstrap, seed=cfg.seed)
+        report["by_rule"] = groups.rule_text()
     metric_seconds = time.perf_counter() - t0
     report["model"] = {"name": name, "source": str(source), "architecture": predictor.loaded.architecture, "tta": mode,
                        "temperature": temperature, "preprocessing": predictor.preprocessing.as_dict()}
-    report["data"] = {"path": cfg.data, "layout": table.layout, "split": split,
-                      "manifest": str(manifest) if manifest else None, "n_images": int(len(selected.frame)),
-                      "problems": selected.problems[:20]}
-    report["label_mapping"] = {"source_labels": LAYOUT_LABELS.get(table.layout, table.layout),
+    report["data"] = {"path": cfg.data[0] if len(cfg.data) == 1 else list(cfg.data), "layout": table.layout,
+                      "split": split, "manifest": str(manifest) if manifest else None,
+                      "n_images": int(len(selected.frame)), "problems": selected.problems[:20],
+                      **({"sources": source_record} if source_record else {})}
+    report["label_mapping"] = {"source_labels": "; ".join(LAYOUT_LABELS.get(layout, layout)
+                                                          for layout in table.layout.split("+")),
                                "label_map": dict(cfg.label_map),
                                "counts": {k: int(v) for k, v in selected.frame["label"].value_counts().sort_index().items()}}
     if fit:
@@ -354,7 +369,7 @@ def run(cfg: EvalConfig) -> dict:
     started = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    table = load_table(cfg.data, layout=cfg.layout, label_map=cfg.label_map)
+    table = load_data(cfg)
     used: set[str] = set()
     reports, rows, predictors, selections = [], [], [], []
     slugs = [_slug(source, used) for source in cfg.models]
@@ -388,6 +403,8 @@ def run(cfg: EvalConfig) -> dict:
     result = _json_safe(result)
     (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
     extra = "".join(ood_retrieval_markdown(r) for r in result["models"])
+    if result.get("by"):  # the primary model's per-group tables
+        extra += "\n" + "\n".join(["## Per group", "", *groups.groups_markdown(result["by"], heading="###")])
     (out / "report.md").write_text(reporting.render_markdown(result) + extra)
     return result
 

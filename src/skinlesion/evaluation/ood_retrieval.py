@@ -93,7 +93,12 @@ def retrieval_report(predictor, view_logits: torch.Tensor, features: torch.Tenso
         return {"available": False, "reason": predictor.cases_status}
     if features is None:
         return {"available": False, "reason": f"no features: {predictor.features_unavailable}"}
-    exclude = index.exclusion_mask(table.frame["image_id"].astype(str), table.frame["group"].astype(str))
+    groups = table.frame["group"].astype(str)
+    if "source" in table.frame.columns:
+        # load_sources names groups "source:lesion"; an index built from one folder holds the bare lesion ids.
+        bare = [g.removeprefix(f"{s}:") for g, s in zip(groups, table.frame["source"].astype(str), strict=True)]
+        groups = [*groups, *bare]
+    exclude = index.exclusion_mask(table.frame["image_id"].astype(str), groups)
     if bool(exclude.all()):
         return {"available": False, "reason": "every indexed case belongs to the evaluated set"}
     labels = list(predictor.label_names)
