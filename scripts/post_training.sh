@@ -46,8 +46,9 @@ if [[ $STEP == all || $STEP == fit ]]; then
   run $PY -m skinlesion fit-features --model "$FOLDER" --data "$HAM" --workers 2 --no-progress $OOD_ARGS
 fi
 if [[ $STEP == all || $STEP == report ]]; then
+  # --by: the per-group tables the model card and the README's limits show (the external set has no metadata).
   run $PY evaluate.py --model "$FOLDER" --data "$HAM" --split test --tta flips --workers 2 --no-progress \
-    --out "$FOLDER/eval/ham10000_test" "${ood_folders[@]}"
+    --out "$FOLDER/eval/ham10000_test" "${ood_folders[@]}" --by sex age site dx_type source
   run $PY evaluate.py --model "$FOLDER" --data "$EXTERNAL" --tta flips --workers 2 --no-progress \
-    --out "$FOLDER/eval/$(basename "$EXTERNAL" | tr "[:upper:]" "[:lower:]")"
+    --out "$FOLDER/eval/$(basename "$EXTERNAL" | tr "[:upper:]" "[:lower:]")" --by source
 fi

@@ -6,8 +6,8 @@
 #
 # Refuses a folder trained on another split (the shipped split_manifest.csv is the contract the test
 # reports, the case index and the examples rely on). Then: copies the folder's files over weights/,
-# rewrites the model card from the copied reports, re-picks the app's examples from the TRAIN split,
-# and runs the inference benchmark on a copy (ONNX export included). Commit the result by hand.
+# rewrites the model card and the README's results from the copied reports, re-picks the app's examples
+# from the TRAIN split, and runs the inference benchmark on a copy (ONNX export included). Commit the result by hand.
 set -euo pipefail
 SRC=$1 HAM=$2
 DEST=${DEST:-weights}
@@ -45,6 +45,8 @@ for path in [Path(dest, "config.json"), *Path(dest, "eval").glob("*/report.json"
     path.write_text(text)
 PY
 run $PY -c "import sys; from skinlesion.models.card import write_model_card; write_model_card(sys.argv[1])" "$DEST"
+# The README's results and per-group tables are rendered from the same reports.
+if [[ $DEST == weights ]]; then run $PY scripts/readme_results.py --model "$DEST" --write README.md; fi
 run $PY scripts/make_examples.py --model "$DEST" --data "$HAM" --out examples
 BENCH=$(mktemp -d)
 cp -r "$DEST" "$BENCH/model"

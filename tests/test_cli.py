@@ -164,16 +164,19 @@ def test_bench_train(capsys):
 README_COMMAND = re.compile(r"^\s+(?:nice -n 19 )?(skinlesion [^#]+?)\s*(?:#.*)?$")
 
 
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]  # the README and the docs/ pages it links
+
+
 def readme_commands() -> list[str]:
     # A command continued with a trailing backslash is one command.
-    text = re.sub(r"\\\n\s*", " ", (REPO / "README.md").read_text())
+    text = re.sub(r"\\\n\s*", " ", "\n".join(path.read_text() for path in DOCS))
     return [m.group(1) for line in text.splitlines() if (m := README_COMMAND.match(line))]
 
 
 def test_readme_shows_every_command_in_the_new_spelling():
     shown = {shlex.split(c)[1] for c in readme_commands()}
     assert shown == set(COMMANDS)
-    for path in [REPO / "README.md", REPO / "weights" / "README.md", REPO / "weights" / "train_summary.json",
+    for path in [*DOCS, REPO / "weights" / "README.md", REPO / "weights" / "train_summary.json",
                  *REPO.glob("scripts/*.py"), *REPO.glob("src/**/*.py"), REPO / "app.py", REPO / "evaluate.py"]:
         assert "python -m skinlesion." not in path.read_text(), f"{path} still shows the old spelling"
 

@@ -1,22 +1,25 @@
 """The model card (README.md of a model folder), rendered from what the folder itself records.
 
-Numbers come only from the config (validation metrics, calibration) and from evaluation reports
-saved beside it (`eval/*/report.json` written by evaluate.py), never typed by hand.
+It follows the Hub's model card conventions: YAML front matter the Hub reads (licence, library, tags, datasets,
+pipeline tag and a `model-index` with results per test set and metric), then model details, intended and
+out-of-scope use, training data, evaluation (per test set, calibration, per group), limitations, licence and
+citation. Numbers come only from the config (validation metrics, calibration, sources) and from evaluation
+reports saved beside it (`eval/*/report.json` written by evaluate.py, per-group tables from its `--by`), never
+typed by hand; what each dataset is, its licence and citation come from `data/datasets_info.py`.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+from collections import Counter
 from pathlib import Path
 
-from ..constants import MODEL_CONFIG_FILE
+import yaml
+
+from ..constants import MANIFEST_FILE, MODEL_CONFIG_FILE
+from ..data.datasets_info import dataset_info, model_licence
 from ..taxonomy import describe_label
-
-LICENCE_NOTE = (
-    "Trained on HAM10000 (Tschandl, Rosendahl, Kittler, *Sci Data* 5, 180161, 2018), licensed CC BY-NC-SA 4.0: "
-    "the weights inherit its non-commercial, share-alike terms."
-)
-
 
 # Exactly what the card (and the README) tell plain-timm users; tests run these lines.
 PLAIN_TIMM_LINES = (
@@ -30,70 +33,94 @@ def _fmt(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def _eval_sections(folder: Path) -> list[str]:
-    lines: list[str] = []
-    for report_path in sorted((folder / "eval").glob("*/report.json")):
-        report = json.loads(report_path.read_text())
-        name = report_path.parent.name
-        lines += [f"### {name}", ""]
-        if report.get("command"):
-            lines += ["```", report["command"], "```", ""]
-        ci = report.get("balanced_accuracy_ci95") or report.get("bootstrap", {}).get("balanced_accuracy")
-        ci_txt = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if isinstance(ci, (list, tuple)) and len(ci) == 2 else ""
-        lines += [
-            "| metric | value |", "|---|---|",
-            f"| images | {report.get('n_images')} |",
-            f"| classes present | {', '.join(report.get('classes_present', report.get('classes', [])))} |",
-            f"| balanced accuracy | {_fmt(report.get('balanced_accuracy'))}{ci_txt} |",
-            f"| accuracy | {_fmt(report.get('accuracy'))} |",
-            f"| macro AUC (one-vs-rest) | {_fmt(report.get('auc_ovr_macro'))} |",
-            f"| melanoma AUC | {_fmt((report.get('per_class', {}).get('mel') or {}).get('auc'))} |",
-            f"| malignant-vs-benign AUC | {_fmt(report.get('malignant_auc'))} |",
-            f"| ECE before / after temperature | {_fmt(report.get('ece_before'))} / {_fmt(report.get('ece'))} |",
-            "",
-        ]
-        per_class = report.get("per_class", {})
-        if per_class:
-            lines += ["| class | recall | support |", "|---|---|---|"]
-            lines += [f"| {k} | {_fmt(v.get('recall'))} | {v.get('support')} |" for k, v in per_class.items()]
-            lines.append("")
-    return lines
+def _ci(report: dict, key: str) -> str:
+    ci = report.get(f"{key}_ci95")
+    return f" ({ci[0]:.3f}-{ci[1]:.3f})" if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci else ""
 
 
-# The project's floors for a shipped model, per evaluation report (eval/<name>/report.json):
-# the HAM10000 test split (lesion-grouped, flip TTA) and ISIC 2017 (other clinics, never trained or tuned on).
-QUALITY_BARS = {
-    "ham10000_test": (("balanced accuracy", "balanced_accuracy", 0.75, ">="),
-                      ("melanoma AUC (one-vs-rest)", "mel_auc", 0.90, ">="),
-                      ("ECE after calibration", "ece", 0.05, "<=")),
-    "isic2017_test": (("balanced accuracy", "balanced_accuracy", 0.55, ">="),
-                      ("melanoma AUC (one-vs-rest)", "mel_auc", 0.65, ">=")),
-}
+def _mel_auc(report: dict):
+    return (report.get("per_class", {}).get("mel") or {}).get("auc")
 
 
-def _quality_bars(folder: Path) -> list[str]:
-    rows, missed = [], []
-    for report_name, bars in QUALITY_BARS.items():
-        path = folder / "eval" / report_name / "report.json"
-        if not path.is_file():
-            continue
-        report = json.loads(path.read_text())
-        values = {"balanced_accuracy": report.get("balanced_accuracy"), "ece": report.get("ece"),
-                  "mel_auc": (report.get("per_class", {}).get("mel") or {}).get("auc")}
-        for name, key, floor, op in bars:
-            value = values[key]
-            met = value is not None and (value >= floor if op == ">=" else value <= floor)
-            if not met:
-                missed.append(f"{name} ({report_name})")
-            shown = "n/a" if value is None else f"{value:.4f}"  # 4 places: a miss by 0.0001 must not read as "0.050, no"
-            rows.append(f"| {report_name} | {name} | {op} {floor} | {shown} | {'yes' if met else '**no**'} |")
-    if not rows:
-        return []
-    lines = ["## Quality bars", "", "| set | bar | floor | reached | met |", "|---|---|---|---|---|", *rows, ""]
-    if missed:
-        lines += [f"**This model does not reach the floor for: {', '.join(missed)}.** It is shipped because it is "
-                  "the best model trained so far within the compute available; treat its outputs accordingly.", ""]
-    return lines
+# ---------------------------------------------------------------------------------------------
+# What the folder records: its evaluation reports and its training sources
+# ---------------------------------------------------------------------------------------------
+
+def eval_reports(folder: Path) -> list[tuple[str, dict]]:
+    """(name, report) for every `eval/<name>/report.json`, sorted by name."""
+    return [(path.parent.name, json.loads(path.read_text())) for path in sorted((folder / "eval").glob("*/report.json"))]
+
+
+def training_sources(extras: dict, folder: Path) -> list[dict]:
+    """config.json's `skinlesion.sources` (one record per source folder); a folder trained before several sources
+    is HAM10000 alone, with its split sizes read from its manifest."""
+    if extras.get("sources"):
+        return list(extras["sources"])
+    totals: Counter = Counter()
+    if (folder / MANIFEST_FILE).is_file():
+        with (folder / MANIFEST_FILE).open(newline="") as f:
+            totals = Counter(row["split"] for row in csv.DictReader(f))
+    return [{"name": "ham10000", "layout": "ham10000", "split_rule": "lesion-grouped",
+             "n_images": sum(totals.values()) or None, "split_totals": dict(totals)}]
+
+
+def set_title(report: dict, *, plain: bool = False) -> str:
+    """How the card names the data a report scored: 'HAM10000 test split', 'ISIC 2017 `ISIC2017_test`'
+    (`plain`: without Markdown, for the front matter)."""
+    data = report.get("data", {})
+    titles = []
+    for layout in str(data.get("layout", "")).split("+"):
+        info = dataset_info(layout)
+        titles.append(info.title if info else layout)
+    title = " + ".join(titles)
+    if data.get("split") in ("test", "val"):
+        return f"{title} {data['split']} split"
+    path = data.get("path")
+    names = [Path(str(p).rstrip("/")).name for p in (path if isinstance(path, list) else [path]) if p]
+    quote = "" if plain else "`"
+    return f"{title} {', '.join(f'{quote}{n}{quote}' for n in names)}" if names else title
+
+
+# ---------------------------------------------------------------------------------------------
+# Front matter (the Hub's model card metadata)
+# ---------------------------------------------------------------------------------------------
+
+def _model_index_result(report: dict) -> dict:
+    data = report.get("data", {})
+    layouts = str(data.get("layout", "")).split("+")
+    info = dataset_info(layouts[0]) if len(layouts) == 1 else None
+    metrics = [("balanced_accuracy", report.get("balanced_accuracy"), "Balanced accuracy"),
+               ("accuracy", report.get("accuracy"), "Accuracy"),
+               ("roc_auc", report.get("auc_ovr_macro"), "Macro one-vs-rest AUC"),
+               ("roc_auc", _mel_auc(report), "Melanoma AUC (one-vs-rest)"),
+               ("ece", report.get("ece"), "Expected calibration error (15 bins)")]
+    dataset = {"name": set_title(report, plain=True), "type": info.key if info else "+".join(layouts)}
+    if data.get("split") in ("test", "val"):
+        dataset["split"] = data["split"]
+    return {"task": {"type": "image-classification", "name": "Dermoscopic skin-lesion classification"},
+            "dataset": dataset,
+            "metrics": [{"type": kind, "value": round(float(value), 4), "name": name}
+                        for kind, value, name in metrics if value is not None]}
+
+
+def front_matter(config: dict, sources: list[dict], reports: list[tuple[str, dict]]) -> list[str]:
+    infos = [dataset_info(s) for s in sources]
+    licence = model_licence(sources)
+    meta: dict = {"license": licence}
+    if licence == "other":  # the Hub asks for a name and a link with `other`
+        meta.update({"license_name": "dataset-terms", "license_link": "README.md#licence-and-citation"})
+    meta.update({
+        "library_name": "timm",
+        "pipeline_tag": "image-classification",
+        "tags": ["image-classification", "timm", "dermatology", "dermoscopy", "skin-lesion", "medical-imaging",
+                 *dict.fromkeys(i.key for i in infos if i)],
+        "datasets": list(dict.fromkeys(i.tag for i in infos if i)),
+        "metrics": ["balanced_accuracy", "accuracy", "roc_auc", "ece"],
+    })
+    results = [_model_index_result(report) for _, report in reports]
+    if results:
+        meta["model-index"] = [{"name": f"skinlesion-{config['architecture']}", "results": results}]
+    return ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000).rstrip(), "---"]
 
 
 def _training_time(folder: Path) -> list[str]:
@@ -156,13 +183,13 @@ def _input_size_note(train_cfg: dict, size: int) -> str:
 def _ood_measured_lines(folder: Path) -> list[str]:
     """What the evaluation reports measured of the check: false flags per labelled set, flags per folder."""
     lines = []
-    for report_path in sorted((folder / "eval").glob("*/report.json")):
-        ood = json.loads(report_path.read_text()).get("ood") or {}
+    for _, report in eval_reports(folder):
+        ood = report.get("ood") or {}
         if not ood.get("available"):
             continue
         labelled = ood.get("labelled_set") or {}
         folders = ", ".join(f"{Path(name).name} {_fmt(v.get('flag_rate'), 2)}" for name, v in (ood.get("folders") or {}).items())
-        lines.append(f"  - {report_path.parent.name}: false flags {_fmt(labelled.get('flag_rate'))} of "
+        lines.append(f"  - {set_title(report)}: false flags (real lesions refused) {_fmt(labelled.get('flag_rate'))} of "
                      f"{labelled.get('n_images')} images" + (f"; non-dermoscopic folders flagged: {folders}" if folders else ""))
     return lines
 
@@ -201,36 +228,209 @@ def _feature_extras_lines(extras: dict, folder: Path) -> list[str]:
     return [*lines, ""]
 
 
+# ---------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------
+
+def _training_data_lines(sources: list[dict]) -> list[str]:
+    lines = ["## Training data", "",
+             "| source | images | classes | split | licence |", "|---|---|---|---|---|"]
+    for s in sources:
+        info = dataset_info(s)
+        classes = ", ".join(f"{k} {v}" for k, v in (s.get("classes") or {}).items()) or "the seven HAM10000 classes"
+        lines.append(f"| {info.title if info else s.get('name')} (`{s.get('path', s.get('name'))}`) | "
+                     f"{_fmt(s.get('n_images'))} | {classes} | {s.get('split_rule', 'lesion-grouped')} | "
+                     f"{info.licence if info else 'unknown: check the source'} |")
+    lines.append("")
+    for s in sources:
+        info = dataset_info(s)
+        if info:
+            lines.append(f"- {info.title}: {info.origin}.")
+    per_split = [(s, split, counts) for s in sources for split, counts in (s.get("per_split") or {}).items()]
+    if per_split:
+        lines += ["", "| source | split | images | per class |", "|---|---|---|---|"]
+        lines += [f"| {s.get('name')} | {split} | {sum(counts.values())} | "
+                  f"{', '.join(f'{k} {v}' for k, v in counts.items())} |" for s, split, counts in per_split]
+    totals = [(s, s["split_totals"]) for s in sources if s.get("split_totals")]
+    for s, t in totals:
+        lines.append(f"- Split of {s.get('name')} (`split_manifest.csv`): "
+                     + ", ".join(f"{k} {v}" for k, v in t.items()) + " images.")
+    lines += ["- Lesion-grouped: every image of a lesion is in one split (HAM10000 has up to 6 images per lesion), "
+              "so no test lesion was seen in training.", ""]
+    return lines
+
+
+def _results_lines(reports: list[tuple[str, dict]]) -> list[str]:
+    if not reports:
+        return ["Not evaluated yet: run `python evaluate.py --model THIS_FOLDER ...` (see the project's README).", ""]
+    lines = ["### Results per test set", "",
+             "| test set | images | balanced accuracy (95% CI) | accuracy | macro AUC | melanoma AUC | "
+             "malignant-vs-benign AUC | ECE |", "|---|---|---|---|---|---|---|---|"]
+    for _, r in reports:
+        lines.append(f"| {set_title(r)} | {r.get('n_images')} | {_fmt(r.get('balanced_accuracy'))}"
+                     f"{_ci(r, 'balanced_accuracy')} | {_fmt(r.get('accuracy'))} | {_fmt(r.get('auc_ovr_macro'))} | "
+                     f"{_fmt(_mel_auc(r))} | {_fmt(r.get('malignant_auc'))} | {_fmt(r.get('ece'))} |")
+    lines += ["", "Balanced accuracy is the mean recall over the classes the set holds (a set with fewer classes, "
+              "such as ISIC 2017's three, is scored on those: the argmax over its classes). 95% intervals: percentile "
+              "bootstrap over images. Each row came from:", ""]
+    for name, r in reports:
+        if r.get("command"):
+            lines += [f"- `eval/{name}`: `{r['command']}`"]
+    lines += ["", "Recall per class (images):", "",
+              "| class | " + " | ".join(set_title(r) for _, r in reports) + " |",
+              "|---|" + "---|" * len(reports)]
+    classes = sorted({c for _, r in reports for c in r.get("per_class", {})})
+    for c in classes:
+        cells = []
+        for _, r in reports:
+            pc = r.get("per_class", {}).get(c)
+            cells.append(f"{_fmt(pc.get('recall'))} ({pc.get('support')})" if pc else "—")
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _calibration_lines(extras: dict, reports: list[tuple[str, dict]]) -> list[str]:
+    calib = extras.get("calibration", {})
+    lines = ["### Calibration", "",
+             f"- Temperature {_fmt(extras.get('temperature'))}, fitted for NLL on the validation split (TTA "
+             f"`{calib.get('tta', extras.get('tta'))}`); validation ECE {_fmt(calib.get('ece_before'))} -> "
+             f"{_fmt(calib.get('ece_after'))}."]
+    lines += [f"- {set_title(r)}: ECE {_fmt(r.get('ece_before'))} before, {_fmt(r.get('ece_after'))} after the "
+              f"temperature (reliability diagram `eval/{name}/reliability.png`)." for name, r in reports]
+    return [*lines, ""]
+
+
+def _group_lines(reports: list[tuple[str, dict]]) -> list[str]:
+    """Per-group tables (`evaluate.py --by`) of every report, and one per-source table across the reports."""
+    from ..evaluation.groups import groups_markdown, rule_text
+
+    with_groups = [r for _, r in reports if r.get("by")]
+    if not with_groups:
+        return []
+    lines = ["### Where it fails: per group", "",
+             "From `evaluate.py --by` (the commands above). Malignant sensitivity is the share of malignant lesions "
+             "the app answers with a malignant class; specificity, the share of benign lesions it does not. "
+             + rule_text(), ""]
+    sources = []
+    for r in with_groups:
+        for column, entry in r["by"].items():
+            if column == "source":
+                for g in entry["groups"]:
+                    info = dataset_info(g["group"])
+                    sources.append({**g, "group": f"{info.title if info else g['group']} ({set_title(r)})"})
+                continue
+            lines += groups_markdown({column: entry}, heading="####", title=f"{set_title(r)} by", rule=False)
+    if sources:
+        lines += groups_markdown({"source": {"asked_as": "source", "groups": sources}}, heading="####", title="Per",
+                                 rule=False)
+    return lines
+
+
+def _limitation_lines(reports: list[tuple[str, dict]], sources: list[dict], extras: dict) -> list[str]:
+    """Plain statements, each from a number the reports hold."""
+    trained_on = {str(s.get("layout") or s.get("name")) for s in sources}
+    lines = ["## Limitations", "",
+             "- It answers one of its classes for any image; a lesion outside them (e.g. invasive squamous cell "
+             "carcinoma, a scar, a wart) gets a confident wrong name.",
+             "- Not validated on darker skin types: the training clinics' patients were mostly fair-skinned.",
+             "- Trained at low resolution on a CPU; published models trained at higher resolution on more data score "
+             "higher."]
+    for _, r in reports:
+        mel = r.get("melanoma") or {}
+        against = mel.get("auc_against") or {}
+        other = not set(str(r.get("data", {}).get("layout", "")).split("+")) <= trained_on
+        text = (f"- {set_title(r)}" + (" (clinics never seen in training)" if other else "")
+                + f": melanoma recall {_fmt(mel.get('sensitivity'))}, melanoma AUC {_fmt(_mel_auc(r))}")
+        if against:
+            text += " (melanoma ranked against " + ", ".join(f"{k} alone {_fmt(v)}" for k, v in against.items()) + ")"
+        lines.append(text + ".")
+        for column, entry in (r.get("by") or {}).items():
+            scored = [g for g in entry["groups"] if g.get("malignant_sensitivity") is not None and g["group"] != "unknown"]
+            small = [f"{g['group']} ({g['n']})" for g in entry["groups"] if g.get("n", 0) < 30 and g["group"] != "unknown"]
+            if column == "source" or (len(scored) < 2 and not small):
+                continue
+            text = f"  - by {column}:"
+            if len(scored) >= 2:
+                lo = min(scored, key=lambda g: g["malignant_sensitivity"])
+                hi = max(scored, key=lambda g: g["malignant_sensitivity"])
+                text += (f" malignant sensitivity from {_fmt(lo['malignant_sensitivity'], 2)} ({lo['group']}: "
+                         f"{lo.get('n_malignant')} malignant of {lo['n']}) to {_fmt(hi['malignant_sensitivity'], 2)} "
+                         f"({hi['group']}: {hi.get('n_malignant')} malignant of {hi['n']});")
+            if small:
+                text += f" too few images to say anything for {', '.join(small)}."
+            lines.append(text.rstrip(";") + ("" if text.endswith(".") else "."))
+    if extras.get("ood_detector"):
+        lines.append("- The not-a-dermoscopic-image check is fitted to the training clinics' images: it refuses more "
+                     "real lesions from other clinics (false flags above) and passes some images that are not "
+                     "dermoscopy (the folders above).")
+    return [*lines, ""]
+
+
+def _licence_lines(sources: list[dict], extras: dict, reports: list[tuple[str, dict]]) -> list[str]:
+    lines = ["## Licence and citation", ""]
+    for s in sources:
+        info = dataset_info(s)
+        lines.append(f"- Trained on {info.title}, {info.licence}: the weights inherit its terms (non-commercial)."
+                     if info else f"- Trained on `{s.get('name')}`: check that dataset's own terms before use.")
+    note = (extras.get("init_weights") or {}).get("licence_note")
+    if note:
+        lines.append(f"- {note}")
+    trained = list(dict.fromkeys(i for i in (dataset_info(s) for s in sources) if i))
+    tested = [i for i in dict.fromkeys(dataset_info(layout) for _, r in reports
+                                       for layout in str(r.get("data", {}).get("layout", "")).split("+"))
+              if i and i not in trained]
+    lines += [f"- Tested also on {i.title} ({i.licence}); it was not trained on." for i in tested]
+    lines += ["", "Cite the data the model learned from and was tested on:", ""]
+    for info in [*trained, *tested]:
+        lines += [f"- {info.citation}", "", "```bibtex", info.bibtex, "```", ""]
+    return lines
+
+
 def render_model_card(folder: str | Path) -> str:
     folder = Path(folder)
     config = json.loads((folder / MODEL_CONFIG_FILE).read_text())
     extras = config.get("skinlesion", {})
     train_cfg = extras.get("train_config", {})
     val = extras.get("val_metrics", {})
-    calib = extras.get("calibration", {})
     labels = config["label_names"]
     size = config["pretrained_cfg"]["input_size"][-1]
+    sources = training_sources(extras, folder)
+    reports = eval_reports(folder)
+    malignant = [c for c in labels if describe_label(c).malignant]
     lines = [
-        "---",
-        "library_name: timm",
-        "license: cc-by-nc-sa-4.0",
-        "pipeline_tag: image-classification",
-        "tags: [image-classification, timm, dermatology, skin-lesion, ham10000]",
-        "datasets: [HAM10000]" if "ham" in str(train_cfg.get("data", "")).lower() else "datasets: []",
-        "---",
+        *front_matter(config, sources, reports),
         "",
         f"# Skin-lesion classifier: `{config['architecture']}`, {len(labels)} classes, {size} px",
         "",
         "**Research demo, not a medical device.** It must not be used to diagnose, treat or triage anyone. "
         "A dermatologist examines the whole patient; this model sees one low-resolution picture.",
         "",
-        "## Classes",
+        "## Model details",
+        "",
+        f"- Input: one dermoscopic photograph (a close-up through a dermatoscope). Output: calibrated probabilities "
+        f"of {len(labels)} diagnoses, the probability of malignancy (the sum over {', '.join(malignant) or 'none'}), "
+        "how much the test-time-augmentation views agree"
+        + (", a refusal when the image does not look like dermoscopy" if extras.get("ood_detector") else "")
+        + (", and the most similar confirmed training lesions" if extras.get("case_index") else "") + ".",
+        f"- Architecture `{config['architecture']}` (timm), {size} px input, TTA `{extras.get('tta', 'none')}`; "
+        "made with the `skinlesion` package.",
         "",
         "| code | name | malignant |",
         "|---|---|---|",
         *[f"| {c} | {describe_label(c).name} | {'yes' if describe_label(c).malignant else 'no'} |" for c in labels],
         "",
-        "## Use",
+        "## Intended use",
+        "",
+        "- Research and teaching: what a dermoscopy classifier attends to, how sure it is, and where it fails.",
+        "- Input: dermoscopic images of a single skin lesion, like those of the training data below.",
+        "",
+        "## Out-of-scope use",
+        "",
+        "- Diagnosis, screening, triage or any decision about a patient.",
+        "- Clinical or phone photographs without a dermatoscope, images of other organs, pictures of anything else.",
+        "- Lesions outside its classes, and populations the training data does not cover (see Limitations).",
+        "",
+        "## How to use",
         "",
         "```python",
         "from skinlesion import Predictor",
@@ -248,56 +448,39 @@ def render_model_card(folder: str | Path) -> str:
             "Preprocessing includes Shades-of-Gray colour constancy (`skinlesion.color_constancy` in `config.json`): "
             "`Predictor` applies it; timm's own `create_transform` does not know it, so with plain timm apply "
             "`skinlesion.data.transforms.ShadesOfGray` to the uint8 image before normalising.",
-        ] if config.get("skinlesion", {}).get("color_constancy", "none") != "none" else []),
+        ] if extras.get("color_constancy", "none") != "none" else []),
         *([
             "",
             "Preprocessing first crops a photo that shows a dermatoscope's black circular surround to the largest "
             "square inside its field of view (`skinlesion.fov_crop` in `config.json`; photos without one are "
             "untouched): `Predictor` does it; with plain timm apply `skinlesion.data.transforms.FovCrop` to the "
             "uint8 image first.",
-        ] if config.get("skinlesion", {}).get("fov_crop") else []),
+        ] if extras.get("fov_crop") else []),
         "",
-        "## Training",
+        *_training_data_lines(sources),
+        "## Training procedure",
         "",
         *(_ensemble_lines(extras["ensemble"], size) if extras.get("ensemble") else [
             f"- Architecture `{config['architecture']}` trained from {_start_weights(extras, train_cfg)}, "
             f"{_input_size_note(train_cfg, size)}, {train_cfg.get('epochs', '?')} epochs max, loss `{train_cfg.get('loss')}`, "
             f"sampling `{train_cfg.get('sampling')}`, EMA {'on' if train_cfg.get('ema') else 'off'}, seed {train_cfg.get('seed')}."]),
         *_training_time(folder),
-        f"- Split: lesion-grouped, stratified (manifest `split_manifest.csv`, sha256 `{str(extras.get('manifest_sha256'))[:12]}…`).",
+        f"- Split manifest `split_manifest.csv`, sha256 `{str(extras.get('manifest_sha256'))[:12]}…`.",
         *([] if extras.get("ensemble") else [
             (f"- Weights of epoch {val.get('epoch')}, exported from checkpoint {extras['exported_from']} "
              "(`scripts/export_checkpoint.py`, chosen on the validation split with the shipped TTA); its validation "
              if extras.get("exported_from") else f"- Best validation epoch {val.get('epoch')}: ")
             + f"balanced accuracy {_fmt(val.get('val_balanced_accuracy'))}, "
             f"accuracy {_fmt(val.get('val_accuracy'))}, macro F1 {_fmt(val.get('val_macro_f1'))} (no TTA)."]),
-        f"- Calibration: temperature {_fmt(extras.get('temperature'))} fitted on the validation split "
-        f"(TTA `{calib.get('tta', extras.get('tta'))}`), ECE {_fmt(calib.get('ece_before'))} -> {_fmt(calib.get('ece_after'))} on validation.",
         "",
         "## Evaluation",
         "",
-        *_quality_bars(folder),
-        *(_eval_sections(folder) or ["Not evaluated yet: run `python evaluate.py --model THIS_FOLDER ...`.", ""]),
+        *_results_lines(reports),
+        *_calibration_lines(extras, reports),
+        *_group_lines(reports),
         *_feature_extras_lines(extras, folder),
-        "## Intended use and limitations",
-        "",
-        "- Intended for research and teaching: exploring what a dermoscopy classifier attends to and how sure it is.",
-        "- Trained on dermoscopic images only; clinical (non-dermoscopic) photos are out of distribution "
-        "(see \"Not a dermoscopic image?\" above for the check that refuses them, and its limits).",
-        *(["- Trained from scratch at low resolution on ~8,000 images; accuracy is below published "
-           "ImageNet-pretrained models."] if (extras.get("init_weights") or {}).get("source", "scratch") == "scratch"
-          else ["- Fine-tuned at low resolution (the HAM10000 copies used are 200x150 px) on ~8,000 images on a CPU; "
-                "published models trained at higher resolution on more data score higher."]),
-        "- HAM10000 comes mostly from fair-skinned European/Australian patients: darker skin types are under-represented "
-        "and performance on them is unknown.",
-        "- Other clinics, cameras and crops lower accuracy (see the external test set above, when present).",
-        "",
-        "## Data licence",
-        "",
-        LICENCE_NOTE,
-        *(["", (extras.get("init_weights") or {}).get("licence_note", "")]
-          if (extras.get("init_weights") or {}).get("licence_note") else []),
-        "",
+        *_limitation_lines(reports, sources, extras),
+        *_licence_lines(sources, extras, reports),
     ]
     return "\n".join(lines)
 
