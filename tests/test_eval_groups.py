@@ -244,3 +244,19 @@ def test_ham10000_rows_carry_dx_type(tmp_path):
     make_ham10000(tmp_path / "ham")
     table = load_table(tmp_path / "ham")
     assert set(table.frame["dx_type"]) == {"histo"} and groups.resolve_column("dx_type", table.frame) == "dx_type"
+
+
+@pytest.mark.realdata
+def test_isic2017_val_and_test_by_source_and_sex(shared_data, tiny_model_folder, tmp_path):
+    """Two ISIC 2017 folders (one source name, two official splits) with the val folder's metadata (~15 s)."""
+    out = tmp_path / "isic"
+    rc = _evaluate_main()(["--model", str(tiny_model_folder), "--data", str(shared_data / "ISIC2017_val"),
+                           str(shared_data / "ISIC2017_test"), "--by", "source", "sex", "--tta", "none",
+                           "--bootstrap", "20", "--workers", "2", "--no-progress", "--out", str(out)])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_images"] == 750 and report["data"]["split"] == "all"
+    assert {g["group"]: g["n"] for g in report["by"]["source"]["groups"]} == {"isic2017 (test)": 600,
+                                                                            "isic2017 (val)": 150}
+    sex = {g["group"]: g["n"] for g in report["by"]["sex"]["groups"]}
+    assert sex["male"] + sex["female"] == 149 and sex["unknown"] == 601  # the test folder ships no metadata

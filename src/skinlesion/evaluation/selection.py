@@ -68,7 +68,7 @@ def select_images(table: LesionTable, split: str | None,
     if len(folders) == 1:
         selected, name = resolve_split(table, split, manifest_path)
         return selected, name, []
-    chosen = split or "test"
+    chosen = split or ("test" if manifest_path is not None else "all")  # as one folder: test with a manifest
     split_of = None
     if manifest_path is not None:
         manifest = read_manifest(manifest_path)
