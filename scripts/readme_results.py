@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from skinlesion.data.datasets_info import dataset_info
-from skinlesion.models.card import eval_reports, set_title
+from skinlesion.models.card_eval import eval_reports, set_title
 
 # The README holds two generated blocks: the results table (under "How good is it") and the per-group table
 # (under "Limits"); each sits between its markers.

@@ -15,6 +15,7 @@ import pandas as pd
 from .. import taxonomy
 from ..hub import looks_like_hub_id
 from ..imageio import ImageLoadError, is_image_file, load_rgb
+from .metadata import read_isic2017_metadata
 from .table import DataError, LesionTable, record_problem, table_from_rows
 
 log = logging.getLogger(__name__)
@@ -167,33 +168,6 @@ def read_ham10000(path: Path, *, skip_bad: bool = False, label_map: dict[str, st
     rows, missing = _attach_paths(rows, index_images(root), problems, skip_bad, csv_path)
     counters = {"missing_images": missing, "unknown_labels": unknown, "bad_rows": bad_rows}
     return table_from_rows(rows, "ham10000", root, problems, counters, label_map)
-
-
-ISIC2017_METADATA_COLUMNS = ("image_id", "age_approximate", "sex")
-# ISIC 2017's metadata writes a missing value as the word "unknown".
-_UNKNOWN = {"", "unknown", "nan"}
-
-
-def read_isic2017_metadata(folder: Path, problems: list[str]) -> dict[str, dict]:
-    """image_id -> {"age", "sex"} from the `*_Data_metadata.csv` (`image_id,age_approximate,sex`) files in `folder`.
-
-    Metadata is optional: no such file gives {}; a bad age is noted in `problems` and left empty, never fatal.
-    """
-    found: dict[str, dict] = {}
-    for csv_path, header in _csv_headers(folder).items():
-        if header is None or not set(ISIC2017_METADATA_COLUMNS) <= set(header):
-            continue
-        for i, rec in enumerate(_read_csv(csv_path).to_dict("records"), start=2):
-            age = rec["age_approximate"].strip()
-            try:
-                age_value = None if age.lower() in _UNKNOWN else float(age)
-            except ValueError:
-                problems.append(f"{csv_path} row {i}: age_approximate {age!r} is not a number; left empty")
-                age_value = None
-            sex = rec["sex"].strip()
-            found.setdefault(_image_id(rec["image_id"]), {"age": age_value,
-                                                          "sex": None if sex.lower() in _UNKNOWN else sex})
-    return found
 
 
 def _isic_layout_of(columns: list[str]) -> str | None:

@@ -20,6 +20,17 @@ import yaml
 from ..constants import MANIFEST_FILE, MODEL_CONFIG_FILE
 from ..data.datasets_info import dataset_info, model_licence
 from ..taxonomy import describe_label
+from .card_eval import (
+    calibration_lines,
+    eval_reports,
+    fmt,
+    group_lines,
+    limitation_lines,
+    melanoma_auc,
+    ood_measured_lines,
+    results_lines,
+    set_title,
+)
 
 # Exactly what the card (and the README) tell plain-timm users; tests run these lines.
 PLAIN_TIMM_LINES = (
@@ -29,27 +40,9 @@ PLAIN_TIMM_LINES = (
 )
 
 
-def _fmt(value, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-def _ci(report: dict, key: str) -> str:
-    ci = report.get(f"{key}_ci95")
-    return f" ({ci[0]:.3f}-{ci[1]:.3f})" if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci else ""
-
-
-def _mel_auc(report: dict):
-    return (report.get("per_class", {}).get("mel") or {}).get("auc")
-
-
 # ---------------------------------------------------------------------------------------------
-# What the folder records: its evaluation reports and its training sources
+# What the folder records: its training sources (its evaluation reports: card_eval.py)
 # ---------------------------------------------------------------------------------------------
-
-def eval_reports(folder: Path) -> list[tuple[str, dict]]:
-    """(name, report) for every `eval/<name>/report.json`, sorted by name."""
-    return [(path.parent.name, json.loads(path.read_text())) for path in sorted((folder / "eval").glob("*/report.json"))]
-
 
 def training_sources(extras: dict, folder: Path) -> list[dict]:
     """config.json's `skinlesion.sources` (one record per source folder); a folder trained before several sources
@@ -64,23 +57,6 @@ def training_sources(extras: dict, folder: Path) -> list[dict]:
              "n_images": sum(totals.values()) or None, "split_totals": dict(totals)}]
 
 
-def set_title(report: dict, *, plain: bool = False) -> str:
-    """How the card names the data a report scored: 'HAM10000 test split', 'ISIC 2017 `ISIC2017_test`'
-    (`plain`: without Markdown, for the front matter)."""
-    data = report.get("data", {})
-    titles = []
-    for layout in str(data.get("layout", "")).split("+"):
-        info = dataset_info(layout)
-        titles.append(info.title if info else layout)
-    title = " + ".join(titles)
-    if data.get("split") in ("test", "val"):
-        return f"{title} {data['split']} split"
-    path = data.get("path")
-    names = [Path(str(p).rstrip("/")).name for p in (path if isinstance(path, list) else [path]) if p]
-    quote = "" if plain else "`"
-    return f"{title} {', '.join(f'{quote}{n}{quote}' for n in names)}" if names else title
-
-
 # ---------------------------------------------------------------------------------------------
 # Front matter (the Hub's model card metadata)
 # ---------------------------------------------------------------------------------------------
@@ -92,7 +68,7 @@ def _model_index_result(report: dict) -> dict:
     metrics = [("balanced_accuracy", report.get("balanced_accuracy"), "Balanced accuracy"),
                ("accuracy", report.get("accuracy"), "Accuracy"),
                ("roc_auc", report.get("auc_ovr_macro"), "Macro one-vs-rest AUC"),
-               ("roc_auc", _mel_auc(report), "Melanoma AUC (one-vs-rest)"),
+               ("roc_auc", melanoma_auc(report), "Melanoma AUC (one-vs-rest)"),
                ("ece", report.get("ece"), "Expected calibration error (15 bins)")]
     dataset = {"name": set_title(report, plain=True), "type": info.key if info else "+".join(layouts)}
     if data.get("split") in ("test", "val"):
@@ -166,8 +142,8 @@ def _ensemble_lines(record: dict, size: int) -> list[str]:
             f"`{train.get('loss')}`, sampling `{train.get('sampling')}`"
             + (f" (power {train['sampling_power']})" if train.get("sampling_power", 1.0) != 1.0 else "")
             + f", seed {train.get('seed')}; weight "
-            f"{_fmt(m.get('weight'), 2)}, temperature {_fmt(m.get('temperature'))}, best validation balanced accuracy "
-            f"{_fmt(m.get('val_balanced_accuracy'))} (no TTA, its own training size); weights sha256 "
+            f"{fmt(m.get('weight'), 2)}, temperature {fmt(m.get('temperature'))}, best validation balanced accuracy "
+            f"{fmt(m.get('val_balanced_accuracy'))} (no TTA, its own training size); weights sha256 "
             f"`{str(m.get('weights_sha256'))[:12]}…`.")
     return lines  # the command that combined them: train_summary.json's, under "Training time"
 
@@ -178,20 +154,6 @@ def _input_size_note(train_cfg: dict, size: int) -> str:
         return f"input {size} px"
     # scripts/choose_input_size.py: the serving size was picked on the validation split.
     return f"trained on {trained} px crops, served at {size} px (chosen on the validation split)"
-
-
-def _ood_measured_lines(folder: Path) -> list[str]:
-    """What the evaluation reports measured of the check: false flags per labelled set, flags per folder."""
-    lines = []
-    for _, report in eval_reports(folder):
-        ood = report.get("ood") or {}
-        if not ood.get("available"):
-            continue
-        labelled = ood.get("labelled_set") or {}
-        folders = ", ".join(f"{Path(name).name} {_fmt(v.get('flag_rate'), 2)}" for name, v in (ood.get("folders") or {}).items())
-        lines.append(f"  - {set_title(report)}: false flags (real lesions refused) {_fmt(labelled.get('flag_rate'))} of "
-                     f"{labelled.get('n_images')} images" + (f"; non-dermoscopic folders flagged: {folders}" if folders else ""))
-    return lines
 
 
 def _feature_extras_lines(extras: dict, folder: Path) -> list[str]:
@@ -206,7 +168,7 @@ def _feature_extras_lines(extras: dict, folder: Path) -> list[str]:
                                                 if taps else "")
         lines.append(f"- `{detector.get('file')}`: out-of-distribution statistics, `{detector.get('method')}` on the "
                      f"{where} of the training split; an image scoring below "
-                     f"{_fmt(detector.get('threshold'), 4)} (the {_fmt(100 * (detector.get('quantile') or 0), 2)}% "
+                     f"{fmt(detector.get('threshold'), 4)} (the {fmt(100 * (detector.get('quantile') or 0), 2)}% "
                      "quantile of the validation split) is refused as not dermoscopic.")
         # measured in README "Not a dermoscopic image?" (scripts/measure_ood.py, aperture shift)
         if taps and not fov_crop:
@@ -215,7 +177,7 @@ def _feature_extras_lines(extras: dict, folder: Path) -> list[str]:
         elif taps:
             lines.append("- An uncropped dermatoscope's black circular surround is cropped away before the check "
                          "(`fov_crop`); the block statistics would otherwise read it as evidence against a lesion.")
-        lines += _ood_measured_lines(folder)
+        lines += ood_measured_lines(folder)
     else:
         lines.append(f"- No out-of-distribution statistics: the not-a-dermoscopic-image check is off (fit with {fit}).")
     if index:
@@ -239,7 +201,7 @@ def _training_data_lines(sources: list[dict]) -> list[str]:
         info = dataset_info(s)
         classes = ", ".join(f"{k} {v}" for k, v in (s.get("classes") or {}).items()) or "the seven HAM10000 classes"
         lines.append(f"| {info.title if info else s.get('name')} (`{s.get('path', s.get('name'))}`) | "
-                     f"{_fmt(s.get('n_images'))} | {classes} | {s.get('split_rule', 'lesion-grouped')} | "
+                     f"{fmt(s.get('n_images'))} | {classes} | {s.get('split_rule', 'lesion-grouped')} | "
                      f"{info.licence if info else 'unknown: check the source'} |")
     lines.append("")
     for s in sources:
@@ -258,112 +220,6 @@ def _training_data_lines(sources: list[dict]) -> list[str]:
     lines += ["- Lesion-grouped: every image of a lesion is in one split (HAM10000 has up to 6 images per lesion), "
               "so no test lesion was seen in training.", ""]
     return lines
-
-
-def _results_lines(reports: list[tuple[str, dict]]) -> list[str]:
-    if not reports:
-        return ["Not evaluated yet: run `python evaluate.py --model THIS_FOLDER ...` (see the project's README).", ""]
-    lines = ["### Results per test set", "",
-             "| test set | images | balanced accuracy (95% CI) | accuracy | macro AUC | melanoma AUC | "
-             "malignant-vs-benign AUC | ECE |", "|---|---|---|---|---|---|---|---|"]
-    for _, r in reports:
-        lines.append(f"| {set_title(r)} | {r.get('n_images')} | {_fmt(r.get('balanced_accuracy'))}"
-                     f"{_ci(r, 'balanced_accuracy')} | {_fmt(r.get('accuracy'))} | {_fmt(r.get('auc_ovr_macro'))} | "
-                     f"{_fmt(_mel_auc(r))} | {_fmt(r.get('malignant_auc'))} | {_fmt(r.get('ece'))} |")
-    lines += ["", "Balanced accuracy is the mean recall over the classes the set holds (a set with fewer classes, "
-              "such as ISIC 2017's three, is scored on those: the argmax over its classes). 95% intervals: percentile "
-              "bootstrap over images. Each row came from:", ""]
-    for name, r in reports:
-        if r.get("command"):
-            lines += [f"- `eval/{name}`: `{r['command']}`"]
-    lines += ["", "Recall per class (images):", "",
-              "| class | " + " | ".join(set_title(r) for _, r in reports) + " |",
-              "|---|" + "---|" * len(reports)]
-    classes = sorted({c for _, r in reports for c in r.get("per_class", {})})
-    for c in classes:
-        cells = []
-        for _, r in reports:
-            pc = r.get("per_class", {}).get(c)
-            cells.append(f"{_fmt(pc.get('recall'))} ({pc.get('support')})" if pc else "—")
-        lines.append(f"| {c} | " + " | ".join(cells) + " |")
-    return [*lines, ""]
-
-
-def _calibration_lines(extras: dict, reports: list[tuple[str, dict]]) -> list[str]:
-    calib = extras.get("calibration", {})
-    lines = ["### Calibration", "",
-             f"- Temperature {_fmt(extras.get('temperature'))}, fitted for NLL on the validation split (TTA "
-             f"`{calib.get('tta', extras.get('tta'))}`); validation ECE {_fmt(calib.get('ece_before'))} -> "
-             f"{_fmt(calib.get('ece_after'))}."]
-    lines += [f"- {set_title(r)}: ECE {_fmt(r.get('ece_before'))} before, {_fmt(r.get('ece_after'))} after the "
-              f"temperature (reliability diagram `eval/{name}/reliability.png`)." for name, r in reports]
-    return [*lines, ""]
-
-
-def _group_lines(reports: list[tuple[str, dict]]) -> list[str]:
-    """Per-group tables (`evaluate.py --by`) of every report, and one per-source table across the reports."""
-    from ..evaluation.groups import groups_markdown, rule_text
-
-    with_groups = [r for _, r in reports if r.get("by")]
-    if not with_groups:
-        return []
-    lines = ["### Where it fails: per group", "",
-             "From `evaluate.py --by` (the commands above). Malignant sensitivity is the share of malignant lesions "
-             "the app answers with a malignant class; specificity, the share of benign lesions it does not. "
-             + rule_text(), ""]
-    sources = []
-    for r in with_groups:
-        for column, entry in r["by"].items():
-            if column == "source":
-                for g in entry["groups"]:
-                    info = dataset_info(g["group"])
-                    sources.append({**g, "group": f"{info.title if info else g['group']} ({set_title(r)})"})
-                continue
-            lines += groups_markdown({column: entry}, heading="####", title=f"{set_title(r)} by", rule=False)
-    if sources:
-        lines += groups_markdown({"source": {"asked_as": "source", "groups": sources}}, heading="####", title="Per",
-                                 rule=False)
-    return lines
-
-
-def _limitation_lines(reports: list[tuple[str, dict]], sources: list[dict], extras: dict) -> list[str]:
-    """Plain statements, each from a number the reports hold."""
-    trained_on = {str(s.get("layout") or s.get("name")) for s in sources}
-    lines = ["## Limitations", "",
-             "- It answers one of its classes for any image; a lesion outside them (e.g. invasive squamous cell "
-             "carcinoma, a scar, a wart) gets a confident wrong name.",
-             "- Not validated on darker skin types: the training clinics' patients were mostly fair-skinned.",
-             "- Trained at low resolution on a CPU; published models trained at higher resolution on more data score "
-             "higher."]
-    for _, r in reports:
-        mel = r.get("melanoma") or {}
-        against = mel.get("auc_against") or {}
-        other = not set(str(r.get("data", {}).get("layout", "")).split("+")) <= trained_on
-        text = (f"- {set_title(r)}" + (" (clinics never seen in training)" if other else "")
-                + f": melanoma recall {_fmt(mel.get('sensitivity'))}, melanoma AUC {_fmt(_mel_auc(r))}")
-        if against:
-            text += " (melanoma ranked against " + ", ".join(f"{k} alone {_fmt(v)}" for k, v in against.items()) + ")"
-        lines.append(text + ".")
-        for column, entry in (r.get("by") or {}).items():
-            scored = [g for g in entry["groups"] if g.get("malignant_sensitivity") is not None and g["group"] != "unknown"]
-            small = [f"{g['group']} ({g['n']})" for g in entry["groups"] if g.get("n", 0) < 30 and g["group"] != "unknown"]
-            if column == "source" or (len(scored) < 2 and not small):
-                continue
-            text = f"  - by {column}:"
-            if len(scored) >= 2:
-                lo = min(scored, key=lambda g: g["malignant_sensitivity"])
-                hi = max(scored, key=lambda g: g["malignant_sensitivity"])
-                text += (f" malignant sensitivity from {_fmt(lo['malignant_sensitivity'], 2)} ({lo['group']}: "
-                         f"{lo.get('n_malignant')} malignant of {lo['n']}) to {_fmt(hi['malignant_sensitivity'], 2)} "
-                         f"({hi['group']}: {hi.get('n_malignant')} malignant of {hi['n']});")
-            if small:
-                text += f" too few images to say anything for {', '.join(small)}."
-            lines.append(text.rstrip(";") + ("" if text.endswith(".") else "."))
-    if extras.get("ood_detector"):
-        lines.append("- The not-a-dermoscopic-image check is fitted to the training clinics' images: it refuses more "
-                     "real lesions from other clinics (false flags above) and passes some images that are not "
-                     "dermoscopy (the folders above).")
-    return [*lines, ""]
 
 
 def _licence_lines(sources: list[dict], extras: dict, reports: list[tuple[str, dict]]) -> list[str]:
@@ -470,16 +326,16 @@ def render_model_card(folder: str | Path) -> str:
             (f"- Weights of epoch {val.get('epoch')}, exported from checkpoint {extras['exported_from']} "
              "(`scripts/export_checkpoint.py`, chosen on the validation split with the shipped TTA); its validation "
              if extras.get("exported_from") else f"- Best validation epoch {val.get('epoch')}: ")
-            + f"balanced accuracy {_fmt(val.get('val_balanced_accuracy'))}, "
-            f"accuracy {_fmt(val.get('val_accuracy'))}, macro F1 {_fmt(val.get('val_macro_f1'))} (no TTA)."]),
+            + f"balanced accuracy {fmt(val.get('val_balanced_accuracy'))}, "
+            f"accuracy {fmt(val.get('val_accuracy'))}, macro F1 {fmt(val.get('val_macro_f1'))} (no TTA)."]),
         "",
         "## Evaluation",
         "",
-        *_results_lines(reports),
-        *_calibration_lines(extras, reports),
-        *_group_lines(reports),
+        *results_lines(reports),
+        *calibration_lines(extras, reports),
+        *group_lines(reports),
         *_feature_extras_lines(extras, folder),
-        *_limitation_lines(reports, sources, extras),
+        *limitation_lines(reports, sources, extras),
         *_licence_lines(sources, extras, reports),
     ]
     return "\n".join(lines)
