@@ -290,7 +290,8 @@ def test_evaluate_without_index_or_stats_says_unavailable(tmp_path):
 def test_bench_inference_measures_what_the_extras_add(fitted):
     from skinlesion.bench import inference as bench_inference
 
-    report = bench_inference.run(str(fitted.folder), repeats=2, folder_images=0, warmup=1)
+    report = bench_inference.run(bench_inference.InferenceBenchConfig(str(fitted.folder), repeats=2, images=0,
+                                                                      app=False))
     assert report["extras"] == {"ood_method": "mahalanobis", "case_index_size": 54}
     assert 0 < report["extras_over_request"] < 1  # a few matrix products beside a forward + CAM
     json.dumps(report)

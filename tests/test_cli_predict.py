@@ -103,10 +103,16 @@ def test_unique_stems_never_collide():
     assert explain_images.unique_stems([Path("a/x.jpg"), Path("b/x.png"), Path("y.jpg")]) == ["x", "x_2", "y"]
 
 
-def test_bench_inference_reports_ratios(tiny_model_folder):
-    report = bench_inference.run(str(tiny_model_folder), repeats=2, folder_images=3, warmup=1)
-    for key in ("request_over_bare", "tta_batched_over_sequential"):
-        assert report[key] > 0
-    assert report["onnx_over_eager"] is None  # the tiny folder has no model.onnx
-    assert report["views"] == 4 and report["folder_images"] == 3 and report["folder_images_per_s"] > 0
+def test_bench_inference_reports_every_variant_and_path_as_ratios(tiny_model_folder):
+    report = bench_inference.run(bench_inference.InferenceBenchConfig(
+        str(tiny_model_folder), repeats=1, warmup=0, images=3, batch_size=2, workers=0, app=False))
+    # No model.onnx in the tiny folder: PyTorch channels_last serves, and the report says why.
+    assert report["variant"] == "channels_last" and "model.onnx" in report["variant_note"]
+    bare = report["bare_forward"]
+    assert set(bare["views_per_s"]) == {"eager", "channels_last"} and bare["batch_views"] == 8
+    assert max(bare["over_fastest"].values()) == 1.0
+    assert set(report["paths"]) == {"request", "predict", "evaluate"}
+    assert all(path["share_of_bare"] > 0 for path in report["paths"].values())
+    assert report["paths"]["predict"]["images"] == 3 and report["views"] == 4
+    assert report["request_variants"]["over_eager"]["eager"] == 1.0
     json.dumps(report)

@@ -92,7 +92,7 @@ def test_predict_cli_matches_the_library(folders, tmp_path):
     half, _, images = folders
     out = tmp_path / "preds.csv"
     with contextlib.redirect_stdout(io.StringIO()):
-        main(["predict", "--model", str(half), "--images", str(images), "--out", str(out), "--no-onnx", "--workers", "1"])
+        main(["predict", "--model", str(half), "--images", str(images), "--out", str(out), "--inference", "channels_last", "--workers", "1"])
     rows = {r["path"]: r for r in csv.DictReader(out.open())}
     got = torch.tensor([[float(rows[str(p.relative_to(images))][f"prob_{c}"]) for c in LABELS] for p in _paths(images)])
     torch.testing.assert_close(got, _library(half, images, use_onnx=False), atol=1e-5, rtol=0)

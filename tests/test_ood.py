@@ -269,8 +269,10 @@ def test_a_logits_only_onnx_file_is_refused_when_the_folder_needs_features(fitte
         patch.setattr(feature_split, "probe_feature_dim", no_split)
         assert export.export_onnx(fitted_copy).max_rel_feature_diff is None
     with pytest.raises(ModelFolderError, match=r"model\.onnx outputs logits only; re-export"):
-        Predictor.from_pretrained(fitted_copy)
-    assert Predictor.from_pretrained(fitted_copy, use_onnx=False).ood_detector is not None
+        Predictor.from_pretrained(fitted_copy, use_onnx=True)
+    fallback = Predictor.from_pretrained(fitted_copy)  # chosen automatically: PyTorch, saying why
+    assert fallback.backend == "torch" and "outputs logits only" in fallback.variant_note
+    assert fallback.ood_detector is not None and fallback.features_unavailable is None
 
 
 # -- mahalanobis+layers: the tapped blocks' statistics, from the same forward ---------------------------
@@ -354,8 +356,9 @@ def test_a_stale_onnx_export_without_the_taps_is_refused(layers_fitted, fitted, 
     plain = shutil.copytree(fitted.folder, tmp_path / "plain")
     export.export_onnx(plain)  # same weights (write_tiny_model's seed), features without the taps
     shutil.copy(plain / "model.onnx", folder / "model.onnx")
-    with pytest.raises(ModelFolderError, match="outputs 16 feature values but this folder needs 112"):
+    with pytest.raises(ModelFolderError, match=r"carries the statistics of \[\] but the features asked for tap"):
         Predictor.from_pretrained(folder, use_onnx=True)
+    assert Predictor.from_pretrained(folder).variant == "channels_last"  # automatic: PyTorch, saying why
 
 
 def test_layers_statistics_with_a_wrong_tap_width_are_refused(layers_fitted, tmp_path):

@@ -63,12 +63,13 @@ def fake_repo(tmp_path: Path) -> Path:
     wanted = ["app.py", "requirements.txt", "pyproject.toml", "src/skinlesion/__init__.py",
               "src/skinlesion/data/sources.py", "weights/model.safetensors", "weights/config.json",
               "weights/README.md", "weights/split_manifest.csv", "weights/history.png",
-              "weights/ood_stats.safetensors", "weights/eval/test/report.json", "examples/lesion_1.png"]
+              "weights/ood_stats.safetensors", "weights/model.onnx", "weights/eval/test/report.json",
+              "examples/lesion_1.png"]
     junk = ["tests/test_app.py", "runs/r18/model.safetensors", ".venv/lib/python3.11/site.py", ".git/config",
             "data/HAM10000_metadata.csv", "src/skinlesion/__pycache__/app_logic.cpython-311.pyc",
             "src/skinlesion.egg-info/PKG-INFO", "weights/checkpoints/last.safetensors",
             "weights/.model.abc123.safetensors", "weights/.DS_Store", "weights/train.log",
-            "weights/model.onnx", "notes.txt", "app.log", ".ruff_cache/x"]
+            "weights/.model.abc123.onnx", "notes.txt", "app.log", ".ruff_cache/x"]
     for name in wanted + junk:
         write(root / name, f"content of {name}")
     write(root / "README.md", "---\nsdk: gradio\napp_file: app.py\n---\n# demo\n")
@@ -81,8 +82,8 @@ def test_space_files_keep_what_the_app_needs_and_nothing_else(fake_repo: Path):
     assert [f.path for f in files] == sorted([
         "README.md", "app.py", "examples/lesion_1.png", "pyproject.toml", "requirements.txt",
         "src/skinlesion/__init__.py", "src/skinlesion/data/sources.py", "weights/README.md",
-        "weights/config.json", "weights/eval/test/report.json", "weights/history.png", "weights/model.safetensors",
-        "weights/ood_stats.safetensors", "weights/split_manifest.csv"])
+        "weights/config.json", "weights/eval/test/report.json", "weights/history.png", "weights/model.onnx",
+        "weights/model.safetensors", "weights/ood_stats.safetensors", "weights/split_manifest.csv"])
     assert all(f.size == (fake_repo / f.path).stat().st_size for f in files)
 
 

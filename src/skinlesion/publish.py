@@ -35,6 +35,7 @@ SPACE_ALLOW_PATTERNS = (
     # The shipped model folder: weights, config, card, manifest, plots, evaluation reports, and any
     # side files (*.safetensors / *.json) a model folder may hold.
     "weights/*.safetensors",
+    "weights/*.onnx",     # model.onnx: the app's forward on onnxruntime (refused, not used, if stale)
     "weights/*.json",
     "weights/*.md",
     "weights/*.csv",

@@ -119,10 +119,11 @@ def model_sources(cli_models: Sequence[str] = (), env_value: str | None = None,
     return ModelSources(name_specs(specs), notes)
 
 
-def load_predictor(spec: ModelSpec) -> Predictor:
+def load_predictor(spec: ModelSpec, *, variant: str = "auto") -> Predictor:
+    """`variant`: which forward serves it (`Predictor.from_pretrained`); auto = the fastest this folder allows."""
     from ..inference.predictor import Predictor
 
-    return Predictor.from_pretrained(spec.source, revision=spec.revision)
+    return Predictor.from_pretrained(spec.source, revision=spec.revision, variant=variant)
 
 
 @dataclass
@@ -245,7 +246,7 @@ class ModelRegistry:
                 p = entry.predictor
                 lines.append(f"- ✓ **{name}** — {source}: {p.loaded.architecture}, {len(p.label_names)} classes, "
                              f"{p.preprocessing.input_size} px, TTA `{p.tta}`, "
-                             f"temperature {p.loaded.temperature:.2f}{_ood_note(p)}")
+                             f"temperature {p.loaded.temperature:.2f}, forward on `{p.variant}`{_ood_note(p)}")
             elif entry.error is not None:
                 lines.append(f"- ✗ **{name}** — {source}: not available. {entry.error}")
             else:

@@ -40,24 +40,34 @@ def _run_train(args: argparse.Namespace) -> dict:
 
 
 def _add_inference(commands: argparse._SubParsersAction, prog: str, description: str) -> None:
+    from ..bench.inference import InferenceBenchConfig
     from ..inference.cam import CAM_METHODS  # seconds to import: only when this command's parser is built
     from ..inference.tta import TTA_MODES
 
-    p = add_command(commands, "inference", "a request against its bare model calls; ONNX against eager; "
-                                           "what the OOD check and similar cases add",
-                    description + "\n\ninference: request_over_bare (goal <= 1.2), tta_batched_over_sequential, "
-                    "onnx_over_eager (when model.onnx exists), extras_over_request (goal <= 0.10) and "
-                    "folder_images_per_s.",
-                    [f"{prog} inference --model weights --threads 1",
-                     f"{prog} inference --model weights --threads 1 --repeats 10 --folder-images 0"])
+    default = InferenceBenchConfig(model="")
+    p = add_command(commands, "inference", "each variant's bare forward; predict, evaluate, a request and the "
+                                           "app's /predict against the fastest",
+                    description + "\n\ninference: the bare forward of one batch of views in each variant (eager, "
+                    "channels_last, onnxruntime when model.onnx serves the folder), each real path on the variant "
+                    "the Predictor chooses (share_of_bare, goal >= 0.85 for predict and evaluate), /predict of "
+                    "app.py against `app.py --inference eager` (over_eager, goal <= 0.7), the explained request per "
+                    "variant, and extras_over_request (goal <= 0.10).",
+                    [f"{prog} inference --model weights",
+                     f"{prog} inference --model weights --image-dir ../shared/data/ISIC2017_test/images --images 128"])
     p.add_argument("--model", required=True, help="model folder or Hub id")
-    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=default.repeats, help="interleaved timed rounds")
+    p.add_argument("--warmup", type=int, default=default.warmup, help="untimed rounds first")
     p.add_argument("--tta", default=None, choices=sorted(TTA_MODES), help="default: the model folder's mode")
-    p.add_argument("--method", default="gradcam", choices=sorted(CAM_METHODS))
-    p.add_argument("--folder-images", type=int, default=32, help="0 skips the folder benchmark")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: torch's choice); 1 is steadier on a busy machine")
+    p.add_argument("--method", default=default.method, choices=sorted(CAM_METHODS))
+    p.add_argument("--images", type=int, default=default.images,
+                   help="images of the predict and evaluate paths per round (0 skips both)")
+    p.add_argument("--image-dir", default=None, help="real images to use (default: synthetic 600x450 JPEGs)")
+    p.add_argument("--batch-size", type=int, default=default.batch_size, help="images per batch (x TTA views)")
+    p.add_argument("--workers", type=int, default=default.workers, help="DataLoader processes of the batch paths")
+    p.add_argument("--app", action=argparse.BooleanOptionalAction, default=default.app,
+                   help="time /predict of `python app.py` against `app.py --inference eager` (two servers)")
+    p.add_argument("--app-requests", type=int, default=default.app_requests)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.set_defaults(bench=_run_inference)
 
 
@@ -68,8 +78,10 @@ def _run_inference(args: argparse.Namespace) -> dict:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    return inference.run(args.model, args.repeats, tta=args.tta, method=args.method,
-                         folder_images=args.folder_images, batch_size=args.batch_size)
+    return inference.run(inference.InferenceBenchConfig(
+        model=args.model, repeats=args.repeats, warmup=args.warmup, tta=args.tta, method=args.method,
+        images=args.images, image_dir=args.image_dir, batch_size=args.batch_size, workers=args.workers,
+        app=args.app, app_requests=args.app_requests))
 
 
 def _add_app(commands: argparse._SubParsersAction, prog: str, description: str) -> None:
@@ -123,7 +135,7 @@ def _run_app(args: argparse.Namespace) -> dict:
 def build_parser(prog: str) -> argparse.ArgumentParser:
     description = __doc__.split("\n", 2)[2].strip()
     parser = command_parser(prog, description, [f"{prog} train --model resnet18 --image-size 128",
-                                                f"{prog} inference --model weights --threads 1",
+                                                f"{prog} inference --model weights",
                                                 f"{prog} app --space"])
     commands = parser.add_subparsers(dest="benchmark", required=True, metavar="{train,inference,app}")
     _add_train(commands, prog, description)

@@ -1,9 +1,11 @@
 """`skinlesion export onnx`: write model.onnx into a model folder, checked against PyTorch.
 
-The graph outputs the logits and the penultimate-layer features (so the out-of-distribution check and
-the similar cases work on onnxruntime too) and records the sha256 of the weights it came from. It is
-compared with PyTorch on a random batch before it replaces any existing file. The Predictor uses it
-when onnxruntime is installed (pass use_onnx=False / --no-onnx to stay on PyTorch).
+The graph outputs the logits, the penultimate-layer features with the statistics the OOD detector taps
+(so the out-of-distribution check and the similar cases work on onnxruntime too) and the feature map a
+CAM starts from, and records the sha256 of the weights and the tapped modules. It is compared with
+PyTorch on a random batch before it replaces any existing file. The Predictor, `skinlesion predict`,
+evaluate.py and the app use it when onnxruntime is installed and it matches the folder (else PyTorch,
+saying why); rerun this whenever the weights or the OOD detector change (scripts/ship_model.sh does).
 """
 
 from __future__ import annotations

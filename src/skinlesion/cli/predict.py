@@ -15,7 +15,9 @@ from pathlib import Path
 
 from ..imageio import ImageLoadError
 from ..inference import predict_folder
+from ..inference.streaming import DEFAULT_WORKERS
 from ..inference.tta import TTA_MODES
+from ..inference.variants import AUTO, VARIANTS
 from .common import command_parser
 
 
@@ -29,21 +31,23 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, help="CSV file to write")
     parser.add_argument("--tta", choices=sorted(TTA_MODES), default=None, help="default: the model folder's mode")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2, help="image decoding threads")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help="processes decoding images while the model runs (0: in the main process)")
     parser.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=False,
                         help="record unreadable files in the 'error' column instead of stopping")
-    parser.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
-                        help="force (--onnx) or forbid (--no-onnx) model.onnx; default: use it when present")
+    parser.add_argument("--inference", choices=[AUTO, *VARIANTS], default=AUTO,
+                        help="which forward runs: auto = onnxruntime when model.onnx matches the folder and "
+                             "onnxruntime is installed, else PyTorch channels_last; eager = the reference")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        raise SystemExit("--batch-size must be at least 1")
+    if args.batch_size < 1 or args.workers < 0:
+        raise SystemExit("--batch-size must be at least 1 and --workers at least 0")
     cfg = predict_folder.PredictConfig(model=args.model, images=args.images, out=args.out, tta=args.tta,
                                        batch_size=args.batch_size, skip_bad=args.skip_bad, workers=args.workers,
-                                       progress=args.progress, revision=args.revision, use_onnx=args.onnx)
+                                       progress=args.progress, revision=args.revision, variant=args.inference)
     try:
         summary = predict_folder.run(cfg)
     except ImageLoadError as err:

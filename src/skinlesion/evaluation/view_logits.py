@@ -1,8 +1,9 @@
 """Which images are evaluated, and their logits: labels checked, the split chosen, one streamed pass.
 
-`collect_view_logits` streams a table through the Predictor's own eval transform and
-`forward_views_with_features` (the one place logits are computed) into (V, N, K) view logits and the
-(N, D) identity-view features; `skinlesion fit-features` uses it too.
+`collect_view_logits` streams a table through the Predictor's own eval transform (decoded ahead of the
+forward by DataLoader workers, `inference/streaming.py`) and `forward_views_with_features` (the one place
+logits are computed) into (V, N, K) view logits and the (N, D) identity-view features; `skinlesion
+fit-features` uses it too.
 """
 
 from __future__ import annotations
@@ -12,16 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
-from ..data import LesionDataset, read_manifest, select_split
+from ..data import read_manifest, select_split
 from ..data.table import DataError, LesionTable
-from ..data.transforms import eval_transform
 from ..inference import tta
+from ..inference.streaming import crop_batches
 from ..taxonomy import ALIASES
-
-NO_DOWNSCALE = 1 << 30  # a short-side cap no image reaches
-
 
 EVAL_SPLITS = ("test", "val", "all")
 
@@ -81,29 +78,28 @@ def resolve_split(table: LesionTable, split: str | None, manifest_path: Path | N
 def collect_view_logits(predictor, table: LesionTable, mode: str, *, batch_size: int, workers: int,
                         progress: bool) -> ViewLogits:
     """Stream the table through the Predictor's eval transform and `forward_views_with_features`
-    -> (V, N, K) logits and (N, D) identity-view features."""
-    check_labels(sorted(set(table.frame["label"])), list(predictor.label_names), {})
-    # short_side=NO_DOWNSCALE: the dataset's decode-time downscale (a training-cache economy) is switched
-    # off, so every image reaches eval_transform exactly as load_rgb decodes it for Predictor.predict.
-    dataset = LesionDataset(table, predictor.label_names, eval_transform(predictor.preprocessing), images=None,
-                            short_side=NO_DOWNSCALE)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        persistent_workers=False)
-    device = next(predictor.loaded.model.parameters()).device
+    -> (V, N, K) logits and (N, D) identity-view features. An unreadable image raises DataError naming it."""
+    labels = list(predictor.label_names)
+    check_labels(sorted(set(table.frame["label"])), labels, {})
     from tqdm.auto import tqdm
 
-    chunks, feature_chunks, targets = [], [], []
+    chunks, feature_chunks = [], []
     start = time.perf_counter()
-    with torch.inference_mode():
-        for x, y in tqdm(loader, desc=f"evaluating ({mode})", unit="batch", disable=not progress):
-            logits, feats = predictor.forward_views_with_features(x.to(device), mode)
-            chunks.append(logits.float().cpu())  # (V, B, K)
-            feature_chunks.append(feats)         # (B, D) or None
-            targets.append(y)
+    # Every image is decoded as Predictor.predict decodes an upload (no training-cache downscale) and cut
+    # by the Predictor's own geometry; its to-float step runs once per batch in this process.
+    batches = crop_batches(table.frame["path"].tolist(), predictor.geometry, batch_size=batch_size, workers=workers)
+    for batch in tqdm(batches, total=-(-len(table.frame) // batch_size), desc=f"evaluating ({mode})", unit="batch",
+                      disable=not progress):
+        if batch.errors:
+            raise DataError(str(next(iter(batch.errors.values()))))
+        logits, feats = predictor.forward_views_with_features(predictor.model_input(batch.crops), mode)
+        chunks.append(logits.float().cpu())  # (V, B, K)
+        feature_chunks.append(feats)         # (B, D) or None
     logits = torch.cat(chunks, dim=1)  # (V, N, K)
     features = torch.cat(feature_chunks) if feature_chunks and feature_chunks[0] is not None else None
     n_views = len(tta.get_views(mode))
     if logits.shape[0] != n_views:
         raise RuntimeError(f"forward_views returned {logits.shape[0]} views for TTA {mode!r}, expected {n_views}")
-    return ViewLogits(logits=logits, targets=torch.cat(targets).long(), mode=mode,
-                      seconds=time.perf_counter() - start, features=features)
+    targets = torch.tensor([labels.index(label) for label in table.frame["label"]], dtype=torch.long)
+    return ViewLogits(logits=logits, targets=targets, mode=mode, seconds=time.perf_counter() - start,
+                      features=features)

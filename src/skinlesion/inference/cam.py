@@ -12,6 +12,12 @@ Two details matter for a server that also predicts:
   layer builds an autograd graph and no weight gradient of the backbone is computed: the backward
   pass only runs through the head. All hooks are removed in `finally`, never via the library's
   `with` block, whose `__exit__` prints and swallows IndexError.
+
+Because of that cut, a CAM needs nothing of the backbone but the target layer's activations. When the
+target layer outputs the map `forward_features` returns (every CNN family below; not ViT, whose target
+sits inside the last block), `compute_cam_from_map` takes that map from the forward that already
+predicted (eager or onnxruntime) and runs the library over the head alone, so a request runs the
+backbone once. ScoreCAM re-runs the network on masked inputs and always takes the whole model.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from pytorch_grad_cam import (
     XGradCAM,
 )
 from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from . import tta as tta_views
@@ -50,6 +57,8 @@ CAM_METHODS: dict[str, type[BaseCAM]] = {
     "eigengradcam": EigenGradCAM,
     "scorecam": ScoreCAM,
 }
+# Methods that run the network again on perturbed inputs: they need all of it, not the target's activations.
+NEEDS_WHOLE_MODEL = frozenset({"scorecam"})
 
 
 class UnsupportedModelError(ValueError):
@@ -177,5 +186,77 @@ def compute_cam(model: nn.Module, x: Tensor, class_index: int | Sequence[int], *
                 cam.outputs = None  # the library keeps the last logits (and their graph) alive otherwise
             # The head's weights received gradients; drop them so repeated calls hold no memory.
             model.zero_grad(set_to_none=True)
+    per_view = tta_views.undo_maps(torch.from_numpy(np.asarray(maps, dtype=np.float32)), views)  # (V, B, H, W)
+    return normalise_maps(per_view.mean(dim=0))
+
+
+class _HeadFromMap(nn.Module):
+    """What runs after `forward_features`, with an identity standing in for the CAM target layer."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.target = nn.Identity()
+
+    def forward(self, feature_map: Tensor) -> Tensor:
+        return self.model.forward_head(self.target(feature_map))
+
+
+def cam_from_map_supported(model: nn.Module, input_size: int) -> bool:
+    """Whether the model's CAM target layer outputs exactly the map `forward_features` returns (one small
+    forward), so `compute_cam_from_map` gives what `compute_cam` gives."""
+    try:
+        target = cam_target(model)
+    except UnsupportedModelError:
+        return False
+    if target.reshape_for is not None or not callable(getattr(model, "forward_head", None)):
+        return False
+    seen: list[Tensor] = []
+    handle = target.layer.register_forward_hook(lambda _m, _a, out: seen.append(out))
+    try:
+        with torch.inference_mode():
+            feature_map = model.forward_features(torch.zeros(1, 3, input_size, input_size,
+                                                             device=next(model.parameters()).device))
+    finally:
+        handle.remove()
+    return bool(seen) and seen[-1] is feature_map
+
+
+def compute_cam_from_map(model: nn.Module, feature_map: Tensor, input_hw: tuple[int, int],
+                         class_index: int | Sequence[int], *, method: str = "gradcam",
+                         views: tuple[tta_views.View, ...] = (tta_views.IDENTITY,)) -> Tensor:
+    """(V*B, C, h, w) feature maps of the stacked TTA views (`tta.stack_views` order) -> (B, H, W) float32
+    maps in [0, 1] in the input's frame, as `compute_cam` would give them from the images.
+
+    The library computes each map at the feature map's size (its activations and gradients are
+    all it reads); they are then scaled to the input with the library's own `scale_cam_image`.
+    """
+    if method.strip().lower() in NEEDS_WHOLE_MODEL:
+        raise ValueError(f"{method} re-runs the network on masked inputs; use compute_cam with the images")
+    cam_class = get_cam_method(method)
+    batch = feature_map.shape[0] // len(views)
+    classes = [int(class_index)] * batch if isinstance(class_index, int) else [int(c) for c in class_index]
+    if len(classes) != batch:
+        raise ValueError(f"got {len(classes)} class indices for a batch of {batch} images")
+    head = _HeadFromMap(model)
+    device = next(model.parameters()).device
+    with torch.inference_mode(False), torch.enable_grad():
+        activations = feature_map.to(device).clone()  # an inference tensor cannot be saved for backward
+        targets = [ClassifierOutputTarget(c) for _ in views for c in classes]
+        cut = head.target.register_forward_hook(cut_graph_hook, prepend=True)
+        cam = None
+        try:
+            cam = cam_class(model=head, target_layers=[head.target])
+            maps = cam(input_tensor=activations, targets=targets)  # (V*B, h, w) numpy, each in [0, 1]
+        finally:
+            cut.remove()
+            if cam is not None:
+                cam.activations_and_grads.release()
+                cam.outputs = None
+            model.zero_grad(set_to_none=True)
+    height, width = input_hw
+    # As the library finishes a map from the images: scaled to the input size (cv2 bilinear), then
+    # min-max normalised again (the resized map need not reach 0 and 1).
+    maps = scale_cam_image(scale_cam_image(maps, (width, height)))
     per_view = tta_views.undo_maps(torch.from_numpy(np.asarray(maps, dtype=np.float32)), views)  # (V, B, H, W)
     return normalise_maps(per_view.mean(dim=0))

@@ -30,19 +30,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import tta as tta_views
-
 Tensor = torch.Tensor
 
 
 def split_forward(model: nn.Module, x: Tensor, taps: Sequence[str] = ()) -> tuple[Tensor, Tensor]:
     """(B, 3, H, W) -> ((B, K) logits, (B, D [+ tap statistics]) features), one backbone pass."""
-    logits, parts = forward_parts(model, x, taps)
-    return logits, parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    return split_forward_with_map(model, x, taps)[:2]
 
 
-def forward_parts(model: nn.Module, x: Tensor, taps: Sequence[str] = ()) -> tuple[Tensor, list[Tensor]]:
-    """(B, 3, H, W) -> ((B, K) logits, [(B, D) penultimate features, (B, 2C) statistics of each tap])."""
+def split_forward_with_map(model: nn.Module, x: Tensor, taps: Sequence[str] = ()) -> tuple[Tensor, Tensor, Tensor]:
+    """`split_forward` plus the (B, C, h, w) feature map `forward_head` pooled: where a CAM can start
+    when the model's CAM target layer outputs that map (`cam.cam_from_map_supported`)."""
+    logits, parts, feature_map = forward_parts(model, x, taps)
+    return logits, parts[0] if len(parts) == 1 else torch.cat(parts, dim=1), feature_map
+
+
+def forward_parts(model: nn.Module, x: Tensor, taps: Sequence[str] = ()) -> tuple[Tensor, list[Tensor], Tensor]:
+    """(B, 3, H, W) -> ((B, K) logits, [(B, D) penultimate features, (B, 2C) statistics of each tap],
+    (B, C, h, w) the map `forward_features` returned)."""
     captured: dict[str, Tensor] = {}
 
     def keep(name: str):
@@ -52,11 +57,12 @@ def forward_parts(model: nn.Module, x: Tensor, taps: Sequence[str] = ()) -> tupl
 
     handles = [tap_module(model, name).register_forward_hook(keep(name)) for name in taps]
     try:
-        pre_logits = model.forward_head(model.forward_features(x), pre_logits=True)
+        feature_map = model.forward_features(x)
+        pre_logits = model.forward_head(feature_map, pre_logits=True)
     finally:
         for handle in handles:
             handle.remove()
-    return model.get_classifier()(pre_logits), [pre_logits] + [captured[name] for name in taps]
+    return model.get_classifier()(pre_logits), [pre_logits] + [captured[name] for name in taps], feature_map
 
 
 def tap_module(model: nn.Module, name: str) -> nn.Module:
@@ -90,7 +96,7 @@ def probe_feature_widths(model: nn.Module, input_size: int, *, taps: Sequence[st
     x = x.to(next(model.parameters()).device)
     try:
         with torch.inference_mode():
-            logits, parts = forward_parts(model, x, taps)
+            logits, parts, _ = forward_parts(model, x, taps)
             reference = model(x)
     except FeatureSplitError:
         raise
@@ -108,27 +114,19 @@ def probe_feature_dim(model: nn.Module, input_size: int, *, taps: Sequence[str] 
     return sum(probe_feature_widths(model, input_size, taps=taps))
 
 
-def tta_logits_and_features(model: nn.Module, batch: Tensor, views: tuple[tta_views.View, ...],
-                            taps: Sequence[str] = ()) -> tuple[Tensor, Tensor]:
-    """(B, C, H, W) -> ((V, B, K) logits, (B, D) identity-view features) from ONE forward over all views."""
-    if views[0] is not tta_views.IDENTITY:
-        raise ValueError(f"the first TTA view must be the identity, got {views[0].name!r}")
-    logits, features = split_forward(model, tta_views.stack_views(batch, views), taps)  # (V*B, K), (V*B, D)
-    n = batch.shape[0]
-    return logits.reshape(len(views), n, -1), features[:n]
-
-
 def l2_normalise(x: Tensor, eps: float = 1e-12) -> Tensor:
     return F.normalize(x.float(), dim=-1, eps=eps)
 
 
 class LogitsAndFeatures(nn.Module):
-    """`model` with two outputs, (logits, features): what `export.py` writes to model.onnx."""
+    """`model` with the outputs (logits, features[, feature map]): what `onnx_export.py` writes to model.onnx."""
 
-    def __init__(self, model: nn.Module, taps: Sequence[str] = ()):
+    def __init__(self, model: nn.Module, taps: Sequence[str] = (), *, with_map: bool = False):
         super().__init__()
         self.model = model
         self.taps = tuple(taps)
+        self.with_map = with_map
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return split_forward(self.model, x, self.taps)
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        outputs = split_forward_with_map(self.model, x, self.taps)
+        return outputs if self.with_map else outputs[:2]

@@ -1,90 +1,122 @@
-"""onnxruntime behind the Predictor: the session over model.onnx, and when to use it.
+"""onnxruntime behind the Predictor: the session over model.onnx, and whether this folder may use it.
 
-`skinlesion export onnx` writes model.onnx with the sha256 of the weights it came from; the session
-refuses a file exported from other weights, so a stale model.onnx is never used after retraining.
+`skinlesion export onnx` writes model.onnx with the sha256 of the weights it came from and the modules
+whose statistics its features output carries (the OOD detector's taps). `open_onnx` refuses a file
+exported from other weights and `onnx_mismatch` one whose outputs do not serve this folder (no
+features, other taps), so a stale model.onnx is never used after retraining or refitting: the Predictor
+then runs PyTorch and says why (or raises, when onnxruntime was asked for by name).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..constants import ONNX_FILE
-from ..models.folder import ModelFolderError, file_sha256
+from ..models.folder import ModelFolderError
 
 logger = logging.getLogger(__name__)
 
 ONNX_WEIGHTS_HASH_KEY = "skinlesion.weights_sha256"  # model.onnx metadata: sha256 of the weights it came from
-ONNX_FEATURES_OUTPUT = "features"                    # the graph's second output (penultimate-layer features)
+ONNX_TAPS_KEY = "skinlesion.taps"                    # model.onnx metadata: JSON list of the tapped modules
+ONNX_FEATURES_OUTPUT = "features"                    # penultimate-layer features (+ tap statistics)
+ONNX_MAP_OUTPUT = "feature_map"                      # what forward_features returns: where a CAM can start
+REEXPORT = "re-export it with `skinlesion export onnx --model FOLDER`"
 
 
 class OnnxUnavailableError(RuntimeError):
-    """ONNX inference was requested (use_onnx=True) but cannot be used for this folder or device."""
+    """onnxruntime was asked for by name but cannot serve this folder on this device."""
 
 
 class OnnxForward:
     """An onnxruntime session over `model.onnx`, refusing a file exported from other weights."""
 
-    def __init__(self, onnx_path: Path, weights_path: Path, *, threads: int | None = None):
+    def __init__(self, onnx_path: Path, *, weights_sha256: str, threads: int | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
+        # Without spinning, onnxruntime's idle workers sleep at once instead of busy-waiting for the next
+        # run: between runs the same cores decode images (DataLoader workers) or run the CAM in PyTorch.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(onnx_path), sess_options=options,
                                             providers=["CPUExecutionProvider"])
-        exported_from = self.session.get_modelmeta().custom_metadata_map.get(ONNX_WEIGHTS_HASH_KEY)
-        if exported_from is None or exported_from != file_sha256(weights_path):
-            raise ModelFolderError(
-                f"{onnx_path} was not exported from the current {weights_path.name} (stale or foreign file); "
-                "re-export it with `skinlesion export onnx --model FOLDER`, or pass use_onnx=False")
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get(ONNX_WEIGHTS_HASH_KEY) != weights_sha256:
+            raise ModelFolderError(f"{onnx_path} was not exported from the current weights (stale or foreign file); "
+                                   f"{REEXPORT}")
+        # None: exported before the taps were recorded (only the feature width can be checked then).
+        self.taps: tuple[str, ...] | None = tuple(json.loads(meta[ONNX_TAPS_KEY])) if ONNX_TAPS_KEY in meta else None
         self.input_name = self.session.get_inputs()[0].name
-        outputs = [o.name for o in self.session.get_outputs()]
-        self.output_names = [outputs[0]] + ([ONNX_FEATURES_OUTPUT] if ONNX_FEATURES_OUTPUT in outputs else [])
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        self.logits_name = self.session.get_outputs()[0].name
+        self.has_features = ONNX_FEATURES_OUTPUT in outputs
+        self.has_map = ONNX_MAP_OUTPUT in outputs
+        width = outputs[ONNX_FEATURES_OUTPUT].shape[-1] if self.has_features else None
+        self.feature_width: int | None = width if isinstance(width, int) else None
         self.source = str(onnx_path)
 
-    @property
-    def has_features(self) -> bool:
-        """Whether the graph also outputs the penultimate-layer features (exports since the OOD detector)."""
-        return len(self.output_names) == 2
+    def run(self, batch: torch.Tensor, *, with_map: bool = False
+            ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(N, 3, S, S) -> ((N, K) logits, (N, D) features or None, (N, C, h, w) feature map or None).
 
-    @property
-    def feature_width(self) -> int | None:
-        """Columns of the features output (penultimate + tapped statistics), when the graph says."""
-        if not self.has_features:
-            return None
-        width = next(o.shape for o in self.session.get_outputs() if o.name == ONNX_FEATURES_OUTPUT)[-1]
-        return width if isinstance(width, int) else None
+        The map is fetched only when asked for (a CAM), and only from a graph that has it.
+        """
+        names = [self.logits_name] + [ONNX_FEATURES_OUTPUT] * self.has_features
+        names += [ONNX_MAP_OUTPUT] * (with_map and self.has_map)
+        array = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
+        out = dict(zip(names, self.session.run(names, {self.input_name: array}), strict=True))
+        tensor = {name: torch.from_numpy(value) for name, value in out.items()}
+        return tensor[self.logits_name], tensor.get(ONNX_FEATURES_OUTPUT), tensor.get(ONNX_MAP_OUTPUT)
 
     def logits_and_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(N, 3, S, S) -> ((N, K) logits, (N, D) features or None for a logits-only graph)."""
-        array = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
-        out = self.session.run(self.output_names, {self.input_name: array})
-        return torch.from_numpy(out[0]), (torch.from_numpy(out[1]) if len(out) > 1 else None)
+        return self.run(batch)[:2]
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.logits_and_features(batch)[0]
+        return self.run(batch)[0]
 
 
-def want_onnx(folder: Path, use_onnx: bool | None, device: torch.device) -> bool:
-    if use_onnx is False:
-        return False
-    exists = (folder / ONNX_FILE).is_file()
-    if use_onnx is None:
-        # Automatic: only on CPU (the sessions here use the CPU provider) and when the package is there.
-        if not exists or device.type != "cpu":
-            return False
+def open_onnx(folder: Path, *, required: bool, device: torch.device, weights_sha256: str
+              ) -> tuple[OnnxForward | None, str | None]:
+    """The folder's model.onnx as a session, or (None, why not). `required` (onnxruntime asked for by name)
+    raises instead of saying why."""
+    path = folder / ONNX_FILE
+    if not path.is_file():
+        reason = f"{folder} has no {ONNX_FILE}; create it with `skinlesion export onnx --model FOLDER`"
+    elif device.type != "cpu":
+        reason = f"onnxruntime runs on the CPU provider only here, not on {device}"
+    else:
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
-            logger.warning("%s has %s but onnxruntime is not installed: using PyTorch", folder, ONNX_FILE)
-            return False
-        return True
-    if not exists:
-        raise OnnxUnavailableError(f"use_onnx=True but {folder} has no {ONNX_FILE}; "
-                                   "create it with `skinlesion export onnx --model FOLDER`")
-    if device.type != "cpu":
-        raise OnnxUnavailableError(f"use_onnx=True runs on the CPU provider only, not on {device}")
-    return True
+            reason = f"{folder} has {ONNX_FILE} but onnxruntime is not installed (pip install onnxruntime)"
+        else:
+            try:
+                return OnnxForward(path, weights_sha256=weights_sha256), None
+            except ModelFolderError as err:
+                if required:
+                    raise
+                reason = str(err)
+    if required:
+        raise OnnxUnavailableError(f"onnxruntime was asked for, but {reason}")
+    return None, reason
+
+
+def onnx_mismatch(onnx: OnnxForward, *, taps: Sequence[str], feature_width: int | None,
+                  needs_features: bool) -> str | None:
+    """Why this session's outputs do not serve a Predictor with these taps and feature width; None if they do."""
+    if not onnx.has_features:
+        return f"{onnx.source} outputs logits only; {REEXPORT}" if needs_features else None
+    if onnx.taps is not None and onnx.taps != tuple(taps):
+        return (f"{onnx.source} carries the statistics of {list(onnx.taps)} but the features asked for tap "
+                f"{list(taps)} (the folder's OOD detector's); {REEXPORT}")
+    if onnx.feature_width is not None and feature_width is not None and onnx.feature_width != feature_width:
+        return (f"{onnx.source} outputs {onnx.feature_width} feature values but this folder needs {feature_width} "
+                f"(taps {list(taps)}); {REEXPORT}")
+    return None

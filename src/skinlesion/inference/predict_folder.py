@@ -1,22 +1,22 @@
 """Predict a folder of images into a CSV (`skinlesion predict`).
 
-Images are found recursively, decoded in a small thread pool (PIL releases the GIL) and predicted in
-batches. An unreadable file stops the run with its name, unless `--skip-bad`: then it still gets a
-row, with its reason in the `error` column and empty prediction columns, so nothing vanishes.
+Images are found recursively, decoded by DataLoader workers while the previous batch is predicted
+(`streaming.py`), and predicted in batches of TTA views on the variant the Predictor chose at load. An
+unreadable file stops the run with its name, unless `--skip-bad`: then it still gets a row, with its
+reason in the `error` column and empty prediction columns, so nothing vanishes.
 """
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from ..imageio import ImageLoadError, find_images
+from ..imageio import find_images
 from .predictor import Prediction, Predictor
+from .streaming import DEFAULT_WORKERS, crop_batches
+from .variants import AUTO
 
 
 @dataclass(frozen=True)
@@ -27,10 +27,10 @@ class PredictConfig:
     tta: str | None = None          # None: the model folder's own TTA mode
     batch_size: int = 32
     skip_bad: bool = False          # record unreadable files in the `error` column instead of stopping
-    workers: int = 2                # decoding threads
+    workers: int = DEFAULT_WORKERS  # DataLoader processes decoding ahead of the forward (0: in this process)
     progress: bool = True
     revision: str | None = None
-    use_onnx: bool | None = None    # None: model.onnx when present
+    variant: str = AUTO             # inference variant (predictor.VARIANTS); auto: the fastest available
 
 
 def csv_columns(label_names: Sequence[str]) -> list[str]:
@@ -53,30 +53,20 @@ def prediction_row(path: str, pred: Prediction) -> dict:
     return row
 
 
-def _decode(predictor: Predictor, path: Path) -> torch.Tensor | ImageLoadError:
-    try:
-        return predictor.preprocess(path)[0]
-    except ImageLoadError as err:
-        return err  # returned, not raised: the caller decides (stop, or record with --skip-bad)
-
-
 def predict_rows(predictor: Predictor, paths: Sequence[Path], root: Path, cfg: PredictConfig) -> Iterator[dict]:
-    """One CSV row per path, in order; batches of `cfg.batch_size` decoded images per forward."""
-    with ThreadPoolExecutor(max_workers=max(1, cfg.workers)) as pool:
-        for start in range(0, len(paths), cfg.batch_size):
-            chunk = paths[start:start + cfg.batch_size]
-            decoded = list(pool.map(lambda p: _decode(predictor, p), chunk))
-            good = [i for i, d in enumerate(decoded) if isinstance(d, torch.Tensor)]
-            preds = predictor.predict_tensors(torch.stack([decoded[i] for i in good]), tta=cfg.tta) if good else []
-            by_index = dict(zip(good, preds, strict=True))
-            for i, path in enumerate(chunk):
-                rel = str(path.relative_to(root))
-                if i in by_index:
-                    yield prediction_row(rel, by_index[i])
-                elif cfg.skip_bad:
-                    yield {"path": rel, "error": str(decoded[i])}
-                else:
-                    raise decoded[i]
+    """One CSV row per path, in order; batches of `cfg.batch_size` images (x TTA views) per forward."""
+    for batch in crop_batches(paths, predictor.geometry, batch_size=cfg.batch_size, workers=cfg.workers):
+        preds = (predictor.predict_tensors(predictor.model_input(batch.crops), tta=cfg.tta)
+                 if batch.indices else [])
+        by_index = dict(zip(batch.indices, preds, strict=True))
+        for i in sorted([*batch.indices, *batch.errors]):
+            rel = str(paths[i].relative_to(root))
+            if i in by_index:
+                yield prediction_row(rel, by_index[i])
+            elif cfg.skip_bad:
+                yield {"path": rel, "error": str(batch.errors[i])}
+            else:
+                raise batch.errors[i]
 
 
 def run(cfg: PredictConfig) -> dict:
@@ -84,7 +74,7 @@ def run(cfg: PredictConfig) -> dict:
     paths = find_images(cfg.images)
     if not paths:
         raise FileNotFoundError(f"{cfg.images}: no image files found")
-    predictor = Predictor.from_pretrained(cfg.model, revision=cfg.revision, tta=cfg.tta, use_onnx=cfg.use_onnx)
+    predictor = Predictor.from_pretrained(cfg.model, revision=cfg.revision, tta=cfg.tta, variant=cfg.variant)
     columns = csv_columns(predictor.label_names)
     rows: Iterator[dict] = predict_rows(predictor, paths, cfg.images, cfg)
     if cfg.progress:
@@ -105,4 +95,4 @@ def run(cfg: PredictConfig) -> dict:
     finally:
         tmp.unlink(missing_ok=True)
     return {"images": len(paths), "predicted": len(paths) - n_bad, "unreadable": n_bad, "out": str(cfg.out),
-            "tta": predictor.tta, "backend": predictor.backend}
+            "tta": predictor.tta, "backend": predictor.backend, "variant": predictor.variant}

@@ -4,7 +4,13 @@ Everything is rebuilt from the folder (`modelfolder.load_model_folder`); decodin
 preprocessing is `transforms.eval_transform` (the evaluation code path), views come from `tta.py`,
 temperature and the energy score from `calibration.py`. `forward_views_with_features` is the single
 place logits (and the penultimate-layer features, `features.py`) are computed, for the app, the CLIs
-and evaluation alike, on PyTorch or onnxruntime; `forward_views` is its logits-only view.
+and evaluation alike; `forward_views` is its logits-only view.
+
+Which forward runs is chosen once, at load (`variants.py`), the fastest correct one first: onnxruntime
+over the folder's model.onnx when it is installed and the file matches the weights and the detector's
+taps; else PyTorch in `channels_last` under `inference_mode`; `eager` (the default memory format, and a
+second forward for every CAM) is the reference the others are tested against. `explain` runs the
+backbone once: the CAM starts from the feature map the prediction's forward returned (`cam.py`).
 
 From the features, when the model folder has them (`skinlesion fit-features`):
 - the out-of-distribution detector (`ood.py`, `ood_stats.safetensors`): `Prediction.out_of_distribution`;
@@ -16,13 +22,9 @@ A folder without them predicts as before, with both reported as unavailable.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import v2
@@ -35,7 +37,9 @@ from ..taxonomy import describe_label, malignant_indices
 from . import calibration, cases, ood, overlay
 from . import features as feature_split
 from . import tta as tta_views
-from .onnx_runtime import OnnxForward, want_onnx
+from .onnx_runtime import OnnxForward, open_onnx
+from .prediction import Explanation, Prediction
+from .variants import AUTO, ModelForward, choose, requested_variant
 
 logger = logging.getLogger(__name__)
 
@@ -47,75 +51,21 @@ OOD_UNAVAILABLE = ("this model folder has no out-of-distribution statistics, so 
                    "is not checked; fit them with `skinlesion fit-features --model FOLDER --data DATA`")
 CASES_UNAVAILABLE = ("this model folder has no case index; build it with "
                      "`skinlesion fit-features --model FOLDER --data DATA`")
-
-
-@dataclass
-class Prediction:
-    """One image's calibrated, TTA-averaged prediction. `to_dict()` is JSON-able (without `model_input`)."""
-
-    label: str                      # class code, e.g. "mel"
-    label_name: str                 # full name, e.g. "Melanoma"
-    confidence: float               # calibrated probability of `label`
-    probs: dict[str, float]         # every class, calibrated (folder temperature) and averaged over views
-    top_k: list[tuple[str, float]]  # best classes first
-    malignant_prob: float | None    # sum over malignant classes; None if the model has none
-    agreement: float                # share of TTA views whose own argmax equals `label`
-    view_labels: list[str]          # each view's argmax, in `tta.get_views(tta)` order
-    # The detector's score (`ood_method`), higher = more like the training images. Without a detector
-    # (ood_method None) it is the energy score, for reference only.
-    ood_score: float
-    # True when `ood_score` < `ood_threshold`: the image does not look like a dermoscopic image of a skin
-    # lesion and the classes are not meaningful. Always False when the check is unavailable: no statistics,
-    # no claim (the energy threshold alone flagged none of 32 non-dermoscopic test photos).
-    out_of_distribution: bool
-    uncertain: bool                 # confidence below extras['uncertain_below'] or agreement < 0.75
-    tta: str                        # TTA mode used
-    ood_method: str | None = None   # "mahalanobis", "knn", ... (ood.METHODS); None = check unavailable
-    ood_threshold: float | None = None
-    energy_score: float | None = None  # T * logsumexp(view-averaged logits / T), always computed
-    # The k nearest confirmed training cases (distinct lesions, best first) as Case.to_dict() dicts;
-    # None when the folder has no case index. `retrieval_vote`: similarity-weighted class shares of the
-    # `vote_k` nearest lesions, beside the calibrated softmax `probs`.
-    similar_cases: list[dict[str, Any]] | None = None
-    retrieval_vote: dict[str, float] | None = None
-    model_input: Image.Image | None = field(default=None, repr=False, compare=False)  # what the model saw
-
-    @property
-    def ood_available(self) -> bool:
-        return self.ood_method is not None
-
-    def to_dict(self) -> dict[str, Any]:
-        # Not dataclasses.asdict: it would deep-copy the PIL image only to throw it away.
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model_input"}
-        data.update(probs=dict(self.probs), top_k=[[label, p] for label, p in self.top_k],
-                    view_labels=list(self.view_labels), ood_available=self.ood_available,
-                    similar_cases=None if self.similar_cases is None else [dict(c) for c in self.similar_cases],
-                    retrieval_vote=None if self.retrieval_vote is None else dict(self.retrieval_vote))
-        return data
-
-
-@dataclass
-class Explanation:
-    heatmap: np.ndarray             # (H, W) float32 in [0, 1] at the original image's resolution
-    overlay: Image.Image            # original image with the heatmap blended in (crop region only)
-    target_label: str               # class the map explains
-    method: str                     # CAM method name
-    prediction: Prediction
-
-
 class Predictor:
     """Calibrated skin-lesion classification with TTA and CAM explanations, built from a model folder."""
 
     def __init__(self, loaded: LoadedModel, *, tta: str | None = None, device: str | torch.device | None = None,
-                 onnx_forward: OnnxForward | None = None, ood_detector: ood.OodDetector | None = None,
+                 variant: str = AUTO, onnx_forward: OnnxForward | None = None, variant_note: str | None = None,
+                 ood_detector: ood.OodDetector | None = None,
                  case_index: cases.CaseIndex | None = None, cases_k: int = cases.DEFAULT_K,
                  vote_k: int = cases.DEFAULT_VOTE_K, taps: Sequence[str] | None = None):
+        """`variant`: AUTO or one of `variants.VARIANTS`; onnxruntime needs `onnx_forward` (from_pretrained
+        opens the folder's model.onnx). `variant_note`: why onnxruntime is not used, when the caller knows."""
         self.loaded = loaded
         self.device = torch.device(device) if device is not None else next(loaded.model.parameters()).device
         self.loaded.model.to(self.device).eval()
         self.tta = tta or str(loaded.extras.get("tta", DEFAULT_TTA))
         tta_views.get_views(self.tta)  # fail now on an unknown mode, not on the first request
-        self._onnx = onnx_forward
         # Penultimate-layer features: probed once (one small forward) so an architecture whose head is not
         # classifier(pre_logits) reports them unavailable instead of computing wrong ones.
         self.features_unavailable: str | None = None  # why there are no features, when there are none
@@ -133,13 +83,15 @@ class Predictor:
         except feature_split.FeatureSplitError as err:
             self.features_unavailable = f"{loaded.architecture}: {err}"
             self.feature_dim = self.ood_feature_dim = None
-        if onnx_forward is not None and not onnx_forward.has_features:
-            self.features_unavailable = (f"{onnx_forward.source} outputs logits only; re-export it with "
+        # The variant, once: onnxruntime only when its outputs serve this folder exactly as PyTorch would.
+        self._forward: ModelForward = choose(
+            self.loaded.model, variant, device=self.device, taps=self.taps, features=self.features_unavailable is None,
+            feature_width=self.ood_feature_dim, onnx=onnx_forward, note=variant_note,
+            needs_features=(ood_detector is not None and ood_detector.needs_features) or case_index is not None)
+        if self._forward.onnx is not None and not self._forward.onnx.has_features:
+            self.features_unavailable = (f"{self._forward.onnx.source} outputs logits only; re-export it with "
                                          "`skinlesion export onnx --model FOLDER`")
-        elif onnx_forward is not None and onnx_forward.feature_width not in (None, self.ood_feature_dim):
-            raise ModelFolderError(f"{onnx_forward.source} outputs {onnx_forward.feature_width} feature values but "
-                                   f"this folder needs {self.ood_feature_dim} (taps {list(self.taps)}); re-export it "
-                                   "with `skinlesion export onnx --model FOLDER`, or pass use_onnx=False")
+        self._cam_from_map: bool | None = None  # probed on the first explain (cam.py imports in seconds)
         self.ood_detector = ood_detector
         self.case_index = case_index
         if ood_detector is not None and ood_detector.needs_features:
@@ -160,28 +112,38 @@ class Predictor:
         self._geometry = geometry
         self._to_float = v2.Compose(to_float)
         # One model, several callers (app events run in threads): CAM hooks live on the shared module,
-        # so an eager forward must never run while another thread's CAM hooks are attached.
-        self._lock = threading.Lock()
+        # so a PyTorch forward must never run while another thread's CAM hooks are attached.
+        self._lock = self._forward.lock
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | Path, revision: str | None = None,
                         device: str | torch.device | None = None, tta: str | None = None,
                         use_onnx: bool | None = None, taps: Sequence[str] | None = None,
-                        feature_extras: bool = True) -> Predictor:
-        """Load a model folder or Hub id (revision pinned). `use_onnx`: None = use model.onnx when present
-        and onnxruntime is installed (CPU only), True = require it, False = always PyTorch. `taps`: modules
-        whose statistics the features carry (default: what the folder's OOD detector taps).
+                        feature_extras: bool = True, variant: str = AUTO) -> Predictor:
+        """Load a model folder or Hub id (revision pinned). `variant`: AUTO = the fastest of VARIANTS this
+        folder and machine allow (onnxruntime when it is installed, on CPU, and model.onnx matches the
+        weights and the detector's taps; else channels_last), or one by name (onnxruntime then raises
+        when it cannot serve). `use_onnx`: the older switch, True = onnxruntime, False = PyTorch. `taps`:
+        modules whose statistics the features carry (default: what the folder's OOD detector taps).
         `feature_extras=False` skips the folder's OOD statistics and case index (for refitting them)."""
+        variant = requested_variant(variant, use_onnx)
         folder = resolve_folder(path_or_hub_id, revision)
         loaded = load_model_folder(folder, device=device)
         loaded.source = str(path_or_hub_id)
         dev = torch.device(device) if device is not None else torch.device("cpu")
-        onnx_forward = None
-        if want_onnx(folder, use_onnx, dev):
-            onnx_forward = OnnxForward(folder / ONNX_FILE, folder / MODEL_WEIGHTS_FILE)
-        detector, index = load_feature_extras(folder, loaded) if feature_extras else (None, None)
-        return cls(loaded, tta=tta, device=dev, onnx_forward=onnx_forward, ood_detector=detector, case_index=index,
-                   taps=taps)
+        weights_sha = file_sha256(folder / MODEL_WEIGHTS_FILE)
+        onnx_forward, note = None, None
+        if variant in (AUTO, "onnxruntime"):
+            onnx_forward, note = open_onnx(folder, required=variant == "onnxruntime", device=dev,
+                                           weights_sha256=weights_sha)
+            if note is not None:
+                # A folder without model.onnx is ordinary (a fresh training run); one that has an unusable one is not.
+                logger.log(logging.WARNING if (folder / ONNX_FILE).is_file() else logging.INFO,
+                           "%s: running PyTorch, not onnxruntime: %s", folder, note)
+        detector, index = (load_feature_extras(folder, loaded, weights_sha256=weights_sha) if feature_extras
+                           else (None, None))
+        return cls(loaded, tta=tta, device=dev, variant=variant, onnx_forward=onnx_forward, variant_note=note,
+                   ood_detector=detector, case_index=index, taps=taps)
 
     # -- the parts --------------------------------------------------------------------------------
     @property
@@ -194,8 +156,18 @@ class Predictor:
 
     @property
     def backend(self) -> str:
-        """"onnxruntime" or "torch": what `forward_views` runs on."""
-        return "onnxruntime" if self._onnx is not None else "torch"
+        """"onnxruntime" or "torch": what `forward_views` runs on (`variant` says which PyTorch)."""
+        return "onnxruntime" if self._forward.onnx is not None else "torch"
+
+    @property
+    def variant(self) -> str:
+        """Which of `variants.VARIANTS` serves this Predictor (chosen at load)."""
+        return self._forward.variant
+
+    @property
+    def variant_note(self) -> str | None:
+        """Why a faster variant was passed over (e.g. no or a stale model.onnx); None when the fastest serves."""
+        return self._forward.note
 
     @property
     def ood_status(self) -> str:
@@ -240,16 +212,19 @@ class Predictor:
         """
         views = tta_views.get_views(tta or self.tta)
         n = x.shape[0]
-        with torch.inference_mode():
-            if self._onnx is not None:
-                logits, feats = self._onnx.logits_and_features(tta_views.stack_views(x, views))  # (V*B, K), (V*B, D)
-                return logits.reshape(len(views), n, -1), (feats[:n].float() if feats is not None else None)
-            with self._lock:
-                if self.features_unavailable is not None:
-                    return tta_views.tta_logits(self.loaded.model, x.to(self.device), views).float(), None
-                logits, feats = feature_split.tta_logits_and_features(self.loaded.model, x.to(self.device), views,
-                                                                      self.taps)
-                return logits.float(), feats.float().cpu()
+        logits, feats, _ = self._forward(tta_views.stack_views(x, views))  # (V*B, K), (V*B, D)
+        # Features from the identity view only (features.py): the OOD score and the cases do not depend on TTA.
+        return logits.reshape(len(views), n, -1), (feats[:n] if feats is not None else None)
+
+    def model_input(self, crops: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, S, S) crops from `geometry` -> the normalised float batch, in one call for the batch
+        (colour constancy, scaling and normalisation are per pixel and per image: batching changes nothing)."""
+        return self._to_float(crops)
+
+    @property
+    def geometry(self) -> v2.Compose:
+        """Decoded RGB image -> uint8 (3, S, S) crop: the eval transform's resize and crop (`eval_geometry`)."""
+        return self._geometry
 
     # -- predictions --------------------------------------------------------------------------------
     def ood_scores(self, view_logits: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor | None:
@@ -345,6 +320,18 @@ class Predictor:
         return results[0] if single else results
 
     # -- explanations -------------------------------------------------------------------------------
+    def _cam_can_start_from_map(self, method: str) -> bool:
+        """Whether `explain` may take the CAM's activations from the prediction's forward (see `cam.py`)."""
+        from . import cam
+
+        if self.variant == "eager" or method.strip().lower() in cam.NEEDS_WHOLE_MODEL:
+            return False  # eager: the reference path, a second forward as before
+        if not self._forward.has_map:
+            return False  # a model.onnx exported before the map output existed
+        if self._cam_from_map is None:
+            with self._lock:
+                self._cam_from_map = cam.cam_from_map_supported(self.loaded.model, self.preprocessing.input_size)
+        return self._cam_from_map
     def class_index(self, label: str) -> int:
         try:
             return self.label_names.index(label)
@@ -355,7 +342,9 @@ class Predictor:
                 tta: str | None = None, alpha: float = 0.5) -> Explanation:
         """Predict `image` and explain `target` (default: the predicted label) with a TTA-averaged CAM.
 
-        The heatmap and overlay are at the original image's resolution; CAM always runs in PyTorch.
+        The heatmap and overlay are at the original image's resolution; CAM always runs in PyTorch, from
+        the feature map of the prediction's own forward when the variant and method allow (one backbone
+        pass per request), else on the whole model (`eager`, ScoreCAM).
         """
         # pytorch-grad-cam takes seconds to import; prediction-only users (CLI, evaluation) never pay it.
         from . import cam
@@ -366,15 +355,24 @@ class Predictor:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         target_index = self.class_index(target) if target is not None else None
         mode = tta or self.tta
+        views = tta_views.get_views(mode)
         rgb = load_rgb(image)
         x, model_input = self._preprocess_rgb(rgb)
         batch = x.unsqueeze(0)
-        logits, feats = self.forward_views_with_features(batch, mode)
-        prediction = self.predictions_from_logits(logits, features=feats, tta=mode, model_inputs=[model_input])[0]
+        from_map = self._cam_can_start_from_map(method)
+        logits, feats, feature_map = self._forward(tta_views.stack_views(batch, views), with_map=from_map)
+        prediction = self.predictions_from_logits(logits.reshape(len(views), 1, -1),
+                                                  features=feats[:1] if feats is not None else None, tta=mode,
+                                                  model_inputs=[model_input])[0]
         index = self.class_index(prediction.label) if target_index is None else target_index
         target_label = self.label_names[index]
         with self._lock:
-            maps = cam.compute_cam(self.loaded.model, batch, index, method=method, views=tta_views.get_views(mode))
+            if feature_map is not None:
+                maps = cam.compute_cam_from_map(self.loaded.model, feature_map, tuple(x.shape[-2:]), index,
+                                                method=method, views=views)
+            else:
+                maps = cam.compute_cam(self.loaded.model, batch.contiguous(memory_format=self._forward.memory_format),
+                                       index, method=method, views=views)
         region = overlay.image_region(rgb, self.preprocessing)  # the field-of-view crop, when the folder makes one
         heatmap = overlay.heatmap_to_original(maps[0].numpy(), rgb.size, self.preprocessing, region)
         blended = overlay.overlay_heatmap(rgb, heatmap, alpha=alpha,
@@ -383,13 +381,14 @@ class Predictor:
                            prediction=prediction)
 
 
-def load_feature_extras(folder: Path, loaded: LoadedModel) -> tuple[ood.OodDetector | None, cases.CaseIndex | None]:
+def load_feature_extras(folder: Path, loaded: LoadedModel, *, weights_sha256: str | None = None
+                        ) -> tuple[ood.OodDetector | None, cases.CaseIndex | None]:
     """The folder's OOD detector and case index (None when config.json names none), checked against the
     folder's weights (sha256) and, for the index, its split manifest."""
     extras = loaded.extras
     if not extras.get(ood.EXTRAS_KEY) and not extras.get(cases.EXTRAS_KEY):
         return None, None
-    weights_sha = file_sha256(folder / MODEL_WEIGHTS_FILE)
+    weights_sha = weights_sha256 or file_sha256(folder / MODEL_WEIGHTS_FILE)
     manifest_sha = extras.get("manifest_sha256")
     if manifest_sha is None and (folder / MANIFEST_FILE).is_file():
         from ..data.splits import manifest_hash
