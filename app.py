@@ -10,6 +10,7 @@ API (gradio_client): `/predict` (image only is enough) and `/compare` (several m
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -28,6 +29,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 import gradio as gr  # noqa: E402
 
 from skinlesion import app as logic  # noqa: E402
+from skinlesion.inference.variants import AUTO, VARIANTS  # noqa: E402
 
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 # Clickable examples shown by default (train-split images + one non-lesion; see examples/README.md).
@@ -197,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="public gradio.live link")
     server.add_argument("--concurrency", type=int, default=2, help="requests processed at once (CPU: 1-2)")
     server.add_argument("--max-queue", type=int, default=64, help="requests waiting before new ones are refused")
+    server.add_argument("--inference", choices=[AUTO, *VARIANTS], default=AUTO,
+                        help="which forward serves the models: auto = onnxruntime when the folder's model.onnx "
+                             "matches it, else PyTorch channels_last; eager = the reference (benchmarks)")
     return parser
 
 
@@ -210,7 +215,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--cases-images {args.cases_images}: no such folder")
     sources = logic.model_sources(args.model, os.environ.get(logic.MODEL_ID_ENV),
                                   SHIPPED_WEIGHTS if args.default_model else None)
-    registry = logic.ModelRegistry(sources.specs, notes=sources.notes)
+    registry = logic.ModelRegistry(sources.specs, notes=sources.notes,
+                                   loader=functools.partial(logic.load_predictor, variant=args.inference))
     registry.load_all()
     examples_dir = args.examples
     dataset = os.environ.get(logic.EXAMPLES_DATASET_ENV)

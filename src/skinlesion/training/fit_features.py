@@ -129,9 +129,9 @@ def run(cfg: FitFeaturesConfig) -> dict:
     if (cfg.ood_method == "mahalanobis+layers") != bool(cfg.ood_taps):
         raise ValueError("--ood-taps (module names, e.g. `blocks.5 blocks.6` for EfficientNet/MobileNet, `layer3 "
                          "layer4` for ResNet) goes with --ood-method mahalanobis+layers, and only with it")
-    # use_onnx=False: features from the eager model, which every other path is checked against.
-    predictor = Predictor.from_pretrained(folder, use_onnx=False, tta="none", taps=cfg.ood_taps,
-                                          feature_extras=False)
+    # The fastest variant whose features equal the eager model's (tests/test_inference_variants.py): onnxruntime
+    # when the folder's model.onnx carries exactly these taps, else PyTorch channels_last.
+    predictor = Predictor.from_pretrained(folder, tta="none", taps=cfg.ood_taps, feature_extras=False)
     if predictor.features_unavailable is not None:
         raise ModelFolderError(f"{folder}: no penultimate-layer features ({predictor.features_unavailable})")
     weights_sha = file_sha256(folder / MODEL_WEIGHTS_FILE)
