@@ -34,11 +34,16 @@ def folder_features(predictor, folder: str | Path, *, batch_size: int = 32) -> t
 
 
 def image_features(predictor, images: Sequence, *, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Image sources (paths or PIL images) -> ((V=1, N, K) identity-view logits, (N, D) features or None)."""
+    """Image sources (paths or PIL images) -> ((V=1, N, K) identity-view logits, (N, D) features or None).
+
+    Decoded beside the forward as every batch path is (`inference/streaming.py`); an unreadable file raises."""
+    from ..inference.streaming import crop_batches
+
     logit_chunks, feature_chunks = [], []
-    for start in range(0, len(images), batch_size):
-        x = torch.stack([predictor.preprocess(image)[0] for image in images[start:start + batch_size]])
-        logits, feats = predictor.forward_views_with_features(x, "none")
+    for batch in crop_batches(images, predictor.geometry, batch_size=batch_size):
+        if batch.errors:
+            raise next(iter(batch.errors.values()))
+        logits, feats = predictor.forward_views_with_features(predictor.model_input(batch.crops), "none")
         logit_chunks.append(logits)
         feature_chunks.append(feats)
     features = torch.cat(feature_chunks) if feature_chunks[0] is not None else None
