@@ -138,7 +138,7 @@ def build_demo(registry: logic.ModelRegistry, examples_dir: str | Path | None = 
             return a.label, a.overlay, a.heatmap, a.model_input, a.summary, a.warnings, a.agreement, a.details
 
         def show_extras(details, image):
-            v = logic.extras_view(details, case_images)
+            v = logic.extras_view(details, logic.pictures_for(registry, details, case_images))
             pictures = bool(v.gallery)
             return (v.ood_status, gr.Accordion(label=v.result_label, open=not v.flagged),
                     gr.Accordion(label=v.cases_label, open=not v.flagged), v.cases_status,
@@ -147,7 +147,7 @@ def build_demo(registry: logic.ModelRegistry, examples_dir: str | Path | None = 
                     gr.Image(value=None, visible=pictures), "")
 
         def select_case(details, evt: gr.SelectData):
-            return logic.selected_case(details, evt.index, case_images)
+            return logic.selected_case(details, evt.index, logic.pictures_for(registry, details, case_images))
 
         def compare(image, model_names, method, target, tta, alpha):
             return logic.compare(registry, image, model_names, method, target, tta, alpha)

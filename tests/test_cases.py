@@ -84,7 +84,7 @@ def test_a_query_that_is_an_indexed_image_returns_itself_first(fitted):
         pred = predictor.predict(fitted.image(image_id))
         first = pred.similar_cases[0]
         assert first["image_id"] == image_id and first["similarity"] == pytest.approx(1.0, abs=2e-3)
-        assert set(first) == {"image_id", "label", "similarity", "dx_type", "lesion_id"}
+        assert set(first) == {"image_id", "label", "similarity", "dx_type", "lesion_id", "source"}
 
 
 def test_one_lesion_is_one_case_best_image_kept():

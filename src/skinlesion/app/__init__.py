@@ -21,6 +21,7 @@ from .extras import (
     case_images_from,
     extras_intro,
     extras_view,
+    pictures_for,
     selected_case,
 )
 from .formatting import (
@@ -57,7 +58,7 @@ __all__ = [
     "MODEL_DEFAULT_TTA", "MODEL_ID_ENV", "OOD_REFUSAL", "PREDICTED", "TOP_K", "Analysis", "CaseImages",
     "ExtrasView", "ModelRegistry", "ModelSpec", "ModelUnavailableError", "ModelView", "UserError",
     "agreement_markdown", "analyze", "cam_method_choices", "case_images_from", "compare", "decode_upload",
-    "display_size", "example_images", "example_labels", "examples_from_hub", "extras_intro", "extras_view",
+    "display_size", "example_images", "example_labels", "examples_from_hub", "extras_intro", "extras_view", "pictures_for",
     "label_data", "label_key", "load_predictor", "model_changed", "model_sources", "parse_model_spec",
     "selected_case", "summary_markdown", "target_choices", "tta_choices", "warnings_markdown",
 ]

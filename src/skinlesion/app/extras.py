@@ -31,10 +31,27 @@ class CaseImages:
     Built once at start-up; `note` says why there are none (no source given, offline, empty folder).
     """
 
-    def __init__(self, paths: dict[str, Path] | None = None, *, source: str = "", note: str = ""):
+    def __init__(self, paths: dict[str, Path] | None = None, *, source: str = "", note: str = "",
+                 thumbnails: Any = None):
         self.paths = dict(paths or {})
         self.source = source
         self.note = note
+        # The model folder's own small pictures (inference.case_thumbnails), used where `paths` has none.
+        self.thumbnails = thumbnails
+
+    def with_thumbnails(self, thumbnails: Any) -> CaseImages:
+        """These pictures, falling back on a model folder's shipped thumbnails (None: unchanged)."""
+        if thumbnails is None:
+            return self
+        source = f"{self.source} and the model folder's thumbnails" if self.paths else "the model folder's thumbnails"
+        return CaseImages(self.paths, source=source, note=self.note, thumbnails=thumbnails)
+
+    @property
+    def available(self) -> bool:
+        return bool(self.paths) or self.thumbnails is not None
+
+    def has(self, image_id: str) -> bool:
+        return image_id in self.paths or (self.thumbnails is not None and image_id in self.thumbnails)
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> CaseImages:
@@ -59,7 +76,7 @@ class CaseImages:
     def load(self, image_id: str, max_side: int) -> Image.Image | None:
         path = self.path(image_id)
         if path is None:
-            return None
+            return self.thumbnails.get(image_id) if self.thumbnails is not None else None
         try:
             image = load_rgb(path)
         except ImageLoadError:
@@ -84,7 +101,8 @@ class ExtrasView:
 
 def case_caption(case: dict[str, Any]) -> str:
     confirmed = f", {case['dx_type']}" if case.get("dx_type") else ""
-    return f"{label_key(case['label'])} · similarity {case['similarity']:.2f}{confirmed}"
+    source = f" · {case['source']}" if case.get("source") else ""
+    return f"{label_key(case['label'])} · similarity {case['similarity']:.2f}{confirmed}{source}"
 
 
 def cases_table_markdown(found: Sequence[dict[str, Any]]) -> str:
@@ -119,7 +137,7 @@ def extras_view(details: dict[str, Any] | None, images: CaseImages | None) -> Ex
         thumb = images.load(case["image_id"], CASE_THUMBNAIL_SIDE) if images is not None else None
         if thumb is not None:
             gallery.append((thumb, case_caption(case)))
-    if images is None or not images.paths:
+    if images is None or not images.available:
         why = images.note if images is not None and images.note else (
             "no case images were given (start the app with `--cases-images DIR` or set "
             f"`{CASES_DATASET_ENV}`)")
@@ -148,7 +166,8 @@ def extras_intro(registry: ModelRegistry, model_name: str | None, images: CaseIm
     except ModelUnavailableError:
         return "", ""
     pictures = ""
-    if predictor.case_index is not None and (images is None or not images.paths):
+    if predictor.case_index is not None and predictor.case_index.thumbnails is None and (
+            images is None or not images.available):
         pictures = " Pictures: " + ((images.note if images is not None and images.note else "")
                                     or f"none given (`--cases-images DIR` or `{CASES_DATASET_ENV}`)") + "."
     return (f"ℹ {predictor.ood_status}",
@@ -164,14 +183,28 @@ def selected_case(details: dict[str, Any] | None, index: int | None, images: Cas
                   ) -> tuple[Image.Image | None, str]:
     """The clicked gallery item (index among the cases that have a picture) -> (large picture, caption)."""
     found = [c for c in (details or {}).get("similar_cases") or []
-             if images is not None and images.path(c["image_id"]) is not None]
+             if images is not None and images.has(c["image_id"])]
     if index is None or not 0 <= index < len(found):
         return None, ""
     case = found[index]
     picture = images.load(case["image_id"], DISPLAY_MAX_SIDE)
     return picture, (f"**{case['image_id']}** — confirmed {label_key(case['label'])}"
                      f"{' (' + case['dx_type'] + ')' if case.get('dx_type') else ''}, similarity "
-                     f"{case['similarity']:.3f}, lesion {case.get('lesion_id') or 'unknown'}")
+                     f"{case['similarity']:.3f}, lesion {case.get('lesion_id') or 'unknown'}"
+                     f"{', from ' + case['source'] if case.get('source') else ''}")
+
+
+def pictures_for(registry: ModelRegistry, details: dict[str, Any] | None, images: CaseImages | None) -> CaseImages:
+    """The pictures for one answer's cases: the app's `--cases-images` first, then the answering model's
+    shipped thumbnails, so a Space shows pictures with no setup."""
+    images = images if images is not None else CaseImages.unavailable("")
+    name = (details or {}).get("model")
+    try:
+        predictor = registry.get(name) if name else None
+    except ModelUnavailableError:
+        predictor = None
+    index = getattr(predictor, "case_index", None)
+    return images.with_thumbnails(getattr(index, "thumbnails", None))
 
 
 def case_images_from(folder: str | Path | None, dataset: str | None) -> CaseImages:

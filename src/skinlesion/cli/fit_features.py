@@ -28,11 +28,13 @@ from .common import command_parser
 def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = command_parser(prog, __doc__.split("\n", 2)[2], [
         f"{prog} --model weights --data ../shared/data/HAM10000",
+        f"{prog} --model weights --data ../shared/data/HAM10000 ../shared/data/ISIC2017_train ../shared/data/ISIC2017_val",
         f"{prog} --model weights --data ../shared/data/HAM10000 --ood-method mahalanobis+layers "
         "--ood-taps blocks.4 blocks.5 blocks.6"])
     parser.add_argument("--model", required=True, help="local model folder (the files are written into it)")
     g = parser.add_argument_group("data")
-    g.add_argument("--data", required=True, help="the training data set the model folder was trained on")
+    g.add_argument("--data", required=True, nargs="+", metavar="SOURCE",
+                   help="the training source(s) the model folder was trained on, as given to train.py --data")
     g.add_argument("--manifest", default=None, help="split manifest (default: the folder's split_manifest.csv)")
     g.add_argument("--layout", choices=LAYOUTS, default=None, help="override the auto-detected layout")
     g.add_argument("--label-map", default=None, metavar="SRC=DST,...", help="map data labels onto model labels")
@@ -50,6 +52,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     g = parser.add_argument_group("similar-cases index")
     g.add_argument("--index", action=argparse.BooleanOptionalAction, default=True, help="build the case index")
     g.add_argument("--index-dims", type=int, default=cases.DEFAULT_DIMS, help="PCA dimensions of the index")
+    g.add_argument("--thumbnails", action=argparse.BooleanOptionalAction, default=True,
+                   help="ship small WebP pictures of the indexed images (case_thumbnails.safetensors, <= 15 MB)")
     g = parser.add_argument_group("run")
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding images")
@@ -60,10 +64,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> fit_features.FitFeaturesConfig:
     return fit_features.FitFeaturesConfig(
-        model=args.model, data=args.data, manifest=args.manifest, layout=args.layout,
+        model=args.model, data=tuple(args.data), manifest=args.manifest, layout=args.layout,
         label_map=parse_label_map(args.label_map), fit_ood=args.ood, ood_method=args.ood_method,
         ood_quantile=args.ood_quantile, knn_k=args.knn_k, ood_taps=tuple(args.ood_taps),
-        build_index=args.index, index_dims=args.index_dims,
+        build_index=args.index, index_dims=args.index_dims, thumbnails=args.thumbnails,
         batch_size=args.batch_size, workers=args.workers, limit=args.limit, seed=args.seed,
         save_features=args.save_features, progress=args.progress, command=getattr(args, "invocation", None))
 

@@ -63,6 +63,7 @@ class Case:
     similarity: float                # cosine similarity in the index's space, in [-1, 1]
     dx_type: str | None = None       # how the diagnosis was confirmed (HAM10000: histo, follow_up, ...)
     lesion_id: str | None = None
+    source: str | None = None        # the data source it comes from (ham10000, isic2017, ...)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,11 +81,17 @@ class CaseIndex:
     manifest_sha256: str
     weights_sha256: str = ""
     source: str = ""                 # file it was read from (error messages)
+    sources: list[str | None] | None = None  # each case's data source; None for indexes built before sources
+    thumbnails: Any = None           # case_thumbnails.CaseThumbnails when the folder ships pictures
     class_prior: dict[str, float] = field(init=False, repr=False)  # share of the indexed lesions per label
     _group_codes: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         n = self.vectors.shape[0]
+        if self.sources is None:
+            self.sources = [None] * n
+        if len(self.sources) != n:
+            raise ValueError(f"case index: {n} vectors but {len(self.sources)} sources")
         if not (len(self.image_ids) == len(self.labels) == len(self.dx_types) == len(self.lesion_ids) == n):
             raise ValueError(f"case index: {n} vectors but {len(self.image_ids)} ids, {len(self.labels)} labels, "
                              f"{len(self.dx_types)} dx types, {len(self.lesion_ids)} lesion ids")
@@ -173,7 +180,7 @@ class CaseIndex:
     def case(self, i: int, similarity: float) -> Case:
         # fp16 vectors put a self-match a hair above 1: clamp to the cosine's range.
         return Case(image_id=self.image_ids[i], label=self.labels[i], similarity=min(1.0, max(-1.0, float(similarity))),
-                    dx_type=self.dx_types[i], lesion_id=self.lesion_ids[i])
+                    dx_type=self.dx_types[i], lesion_id=self.lesion_ids[i], source=self.sources[i])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,7 +199,8 @@ def fit_projection(features: Tensor, dims: int) -> tuple[Tensor, Tensor]:
 
 def build_index(features: Tensor, *, image_ids: Sequence[str], labels: Sequence[str],
                 dx_types: Sequence[str | None], lesion_ids: Sequence[str | None], manifest_sha256: str,
-                weights_sha256: str = "", dims: int = DEFAULT_DIMS) -> CaseIndex:
+                weights_sha256: str = "", dims: int = DEFAULT_DIMS,
+                sources: Sequence[str | None] | None = None) -> CaseIndex:
     """TRAINING features (N, D) and their metadata -> a CaseIndex (vectors stored as fp16, like the file)."""
     if features.dim() != 2 or features.shape[0] != len(image_ids):
         raise ValueError(f"features {tuple(features.shape)} do not match {len(image_ids)} image ids")
@@ -202,7 +210,8 @@ def build_index(features: Tensor, *, image_ids: Sequence[str], labels: Sequence[
     vectors = l2_normalise((l2_normalise(features) - centre) @ components)
     return CaseIndex(vectors=vectors.half().float(), centre=centre, components=components,
                      image_ids=list(image_ids), labels=list(labels), dx_types=list(dx_types),
-                     lesion_ids=list(lesion_ids), manifest_sha256=manifest_sha256, weights_sha256=weights_sha256)
+                     lesion_ids=list(lesion_ids), manifest_sha256=manifest_sha256, weights_sha256=weights_sha256,
+                     sources=None if sources is None else list(sources))
 
 
 def retrieval_vote(cases: Sequence[Case], label_names: Sequence[str],
@@ -255,7 +264,8 @@ def save_index(folder: str | Path, index: CaseIndex) -> Path:
                "labels": torch.tensor([label_names.index(x) for x in index.labels], dtype=torch.int16)}
     metadata = {"format": FORMAT, "manifest_sha256": index.manifest_sha256, "weights_sha256": index.weights_sha256,
                 "label_names": json.dumps(label_names), "image_ids": json.dumps(index.image_ids),
-                "dx_types": json.dumps(index.dx_types), "lesion_ids": json.dumps(index.lesion_ids)}
+                "dx_types": json.dumps(index.dx_types), "lesion_ids": json.dumps(index.lesion_ids),
+                "sources": json.dumps(index.sources)}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".case_index.", suffix=".safetensors")
     os.close(fd)
     try:
@@ -271,7 +281,9 @@ def save_index(folder: str | Path, index: CaseIndex) -> Path:
 
 
 def config_entry(index: CaseIndex, **record: Any) -> dict[str, Any]:
-    return {"file": CASE_INDEX_FILE, "n_cases": len(index), "n_lesions": int(index._group_codes.max() + 1),
+    sources = [s for s in index.sources if s]
+    by_source = {k: int(v) for k, v in zip(*np.unique(sources, return_counts=True), strict=True)} if sources else {}
+    return {"file": CASE_INDEX_FILE, "n_cases": len(index), **({"sources": by_source} if by_source else {}), "n_lesions": int(index._group_codes.max() + 1),
             "dims": index.dims, "feature_dim": index.feature_dim, "manifest_sha256": index.manifest_sha256,
             "classes": {k: int(v) for k, v in zip(*np.unique(index.labels, return_counts=True), strict=True)},
             **record}
@@ -289,7 +301,8 @@ def read_index(path: Path) -> CaseIndex:
                           components=tensors["components"].float(), image_ids=json.loads(meta["image_ids"]),
                           labels=[label_names[c] for c in codes], dx_types=json.loads(meta["dx_types"]),
                           lesion_ids=json.loads(meta["lesion_ids"]), manifest_sha256=meta["manifest_sha256"],
-                          weights_sha256=meta.get("weights_sha256", ""), source=str(path))
+                          weights_sha256=meta.get("weights_sha256", ""), source=str(path),
+                          sources=json.loads(meta["sources"]) if "sources" in meta else None)
     except (KeyError, IndexError, TypeError, ValueError) as err:
         raise CaseIndexError(f"{path}: incomplete or inconsistent case index ({err!r}); {FIX}") from err
     d, dims = index.centre.shape[0], index.vectors.shape[1]
@@ -317,6 +330,9 @@ def load_index(folder: str | Path, extras: Mapping[str, Any], *, manifest_sha256
     if weights_sha256 is not None and index.weights_sha256 != weights_sha256:
         raise CaseIndexError(f"{path}: built with other weights than this folder's model.safetensors "
                              f"(stale after retraining?); {FIX}")
+    from .case_thumbnails import load_thumbnails
+
+    index.thumbnails = load_thumbnails(folder, index.image_ids, index.manifest_sha256)
     return index
 
 

@@ -183,8 +183,11 @@ def _feature_extras_lines(extras: dict, folder: Path) -> list[str]:
     if index:
         lines.append(f"- `{index.get('file')}`: similar-cases index of {index.get('n_cases')} training images "
                      f"({index.get('n_lesions')} lesions), {index.get('dims')}-d PCA of the L2-normalised features, "
-                     "with image ids, diagnoses, `dx_type` and lesion ids (no pixels); built from split manifest "
-                     f"`{str(index.get('manifest_sha256'))[:12]}…`.")
+                     "with image ids, diagnoses, `dx_type`, lesion ids and sources; built from split manifest "
+                     f"`{str(index.get('manifest_sha256'))[:12]}…`."
+                     + (f" `{index['thumbnails']['file']}`: {index['thumbnails']['side']} px WebP thumbnails of the "
+                        f"indexed training images ({index['thumbnails']['bytes'] / 2**20:.1f} MB), under the "
+                        "training sources' licences below." if index.get("thumbnails") else ""))
     else:
         lines.append(f"- No similar-cases index (build it with {fit}).")
     return [*lines, ""]

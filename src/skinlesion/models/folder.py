@@ -36,6 +36,7 @@ SECTION = "skinlesion"
 # out-of-distribution statistics (inference/ood.py) and the similar-cases index (inference/cases.py).
 OOD_STATS_FILE = "ood_stats.safetensors"
 CASE_INDEX_FILE = "case_index.safetensors"
+CASE_THUMBNAILS_FILE = "case_thumbnails.safetensors"  # small pictures of the indexed training images
 # Config entries that describe those files: fitted for one preprocessing and one set of weights.
 FEATURE_EXTRAS = ("ood_detector", "case_index")
 
@@ -147,7 +148,8 @@ def resolve_folder(source: str | Path, revision: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
     repo_id = name.removeprefix("hf-hub:")
-    patterns = [MODEL_WEIGHTS_FILE, MODEL_CONFIG_FILE, OOD_STATS_FILE, CASE_INDEX_FILE, "README.md", "*.png",
+    patterns = [MODEL_WEIGHTS_FILE, MODEL_CONFIG_FILE, OOD_STATS_FILE, CASE_INDEX_FILE,
+                CASE_THUMBNAILS_FILE, "README.md", "*.png",
                 "*.csv", "*.onnx"]
     try:
         # The cache answers instantly when the revision was downloaded before, online or not.

@@ -24,11 +24,12 @@ import pandas as pd
 import torch
 
 from ..constants import MANIFEST_FILE, MODEL_WEIGHTS_FILE
-from ..data import DataError, LesionTable, load_table, read_manifest, select_split
+from ..data import DataError, LesionTable, read_manifest, select_split
 from ..data.layouts import find_ham_csv
+from ..data.sources import load_sources
 from ..data.splits import manifest_hash
-from ..inference import cases, ood
-from ..models.folder import ModelFolderError, file_sha256, update_extras
+from ..inference import case_thumbnails, cases, ood
+from ..models.folder import CASE_THUMBNAILS_FILE, ModelFolderError, file_sha256, update_extras
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class FitFeaturesConfig:
     """Everything one fitting run needs; built once from the command line."""
 
     model: str                              # local model folder (written into)
-    data: str                               # the training data set (any layout `load_table` reads)
+    data: tuple[str, ...]                   # the training sources (each PATH[,name=,layout=,split=]; data/sources.py)
     manifest: str | None = None             # None = the model folder's split_manifest.csv
     layout: str | None = None               # None = auto-detect
     label_map: dict[str, str] = field(default_factory=dict)
@@ -46,6 +47,7 @@ class FitFeaturesConfig:
     knn_k: int = ood.DEFAULT_KNN_K          # k of the knn method
     ood_taps: tuple[str, ...] = ()          # mahalanobis+layers: modules whose statistics it models
     build_index: bool = True                # build the case index
+    thumbnails: bool = True                 # ship small pictures of the indexed images with it (case_thumbnails.py)
     index_dims: int = cases.DEFAULT_DIMS    # PCA dimensions of the index vectors
     batch_size: int = 64
     workers: int = 2                        # DataLoader processes decoding images
@@ -54,6 +56,10 @@ class FitFeaturesConfig:
     save_features: str | None = None        # .npz of the train features (no pixels), for analysis
     progress: bool = True
     command: str | None = None              # the command line, recorded in config.json
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, str):  # one source given as a plain path
+            object.__setattr__(self, "data", (self.data,))
 
 
 @dataclass
@@ -69,7 +75,7 @@ def subsample(table: LesionTable, limit: int, seed: int) -> LesionTable:
         return table
     rows = np.sort(np.random.default_rng(seed).choice(len(table.frame), size=limit, replace=False))
     return LesionTable(frame=table.frame.iloc[rows].reset_index(drop=True), layout=table.layout, root=table.root,
-                       problems=list(table.problems), counters=dict(table.counters))
+                       problems=list(table.problems), counters=dict(table.counters), sources=list(table.sources))
 
 
 def split_features(predictor, table: LesionTable, cfg: FitFeaturesConfig) -> SplitFeatures:
@@ -84,18 +90,28 @@ def split_features(predictor, table: LesionTable, cfg: FitFeaturesConfig) -> Spl
 
 
 def dx_types(table: LesionTable) -> list[str | None]:
-    """HAM10000's `dx_type` per row (histo, follow_up, consensus, confocal), read from its metadata CSV;
-    None for other layouts, which do not record how the diagnosis was confirmed."""
-    if table.layout != "ham10000":
-        return [None] * len(table.frame)
-    csv_path = find_ham_csv(Path(table.root))
-    if csv_path is None:
-        return [None] * len(table.frame)
-    meta = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    if "dx_type" not in meta.columns:
-        return [None] * len(table.frame)
-    by_id = dict(zip(meta["image_id"].str.strip(), meta["dx_type"].str.strip(), strict=True))
+    """HAM10000's `dx_type` per row (histo, follow_up, consensus, confocal), read from each HAM10000 source's
+    metadata CSV; None for other layouts, which do not record how the diagnosis was confirmed."""
+    by_id: dict[str, str] = {}
+    roots = [info["root"] for info in table.sources if info["layout"] == "ham10000"] or \
+        ([table.root] if table.layout == "ham10000" else [])
+    for root in roots:
+        csv_path = find_ham_csv(Path(root))
+        if csv_path is None:
+            continue
+        meta = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+        if "dx_type" in meta.columns:
+            by_id.update(zip(meta["image_id"].str.strip(), meta["dx_type"].str.strip(), strict=True))
     return [by_id.get(str(i)) or None for i in table.frame["image_id"]]
+
+
+def lesion_id(group: object, image_id: object) -> str | None:
+    """A table group as the index shows it: the source's own lesion id (`load_sources` prefixes `source:`),
+    or None where the source has no lesion ids (the group is then the image itself)."""
+    if group is None or (isinstance(group, float) and np.isnan(group)):
+        return None
+    own = str(group).split(":", 1)[-1]
+    return None if own == str(image_id) else own
 
 
 def resolve_manifest(folder: Path, manifest: str | None, extras: dict) -> tuple[Path, str]:
@@ -136,10 +152,10 @@ def run(cfg: FitFeaturesConfig) -> dict:
         raise ModelFolderError(f"{folder}: no penultimate-layer features ({predictor.features_unavailable})")
     weights_sha = file_sha256(folder / MODEL_WEIGHTS_FILE)
     manifest_path, manifest_sha = resolve_manifest(folder, cfg.manifest, predictor.loaded.extras)
-    table = load_table(cfg.data, layout=cfg.layout, label_map=cfg.label_map)
+    table = load_sources(list(cfg.data), layout=cfg.layout, label_map=cfg.label_map)
     manifest = read_manifest(manifest_path)
     train = split_features(predictor, subsample(select_split(table, manifest, "train"), cfg.limit, cfg.seed), cfg)
-    summary: dict = {"model": str(folder), "data": cfg.data, "manifest": str(manifest_path),
+    summary: dict = {"model": str(folder), "data": list(cfg.data), "manifest": str(manifest_path),
                      "manifest_sha256": manifest_sha, "feature_dim": int(train.features.shape[1]),
                      "n_train": int(train.features.shape[0]), "limit": cfg.limit}
     labels = list(predictor.label_names)
@@ -167,12 +183,23 @@ def run(cfg: FitFeaturesConfig) -> dict:
         # The index holds the penultimate features only (the OOD taps' statistics follow them).
         index = cases.build_index(train.features[:, :predictor.feature_dim], image_ids=[str(i) for i in train.frame["image_id"]],
                                   labels=[str(x) for x in train.frame["label"]], dx_types=dx_types(
-                                      LesionTable(frame=train.frame, layout=table.layout, root=table.root)),
-                                  lesion_ids=[None if g is None else str(g) for g in train.frame["group"]],
-                                  manifest_sha256=manifest_sha, weights_sha256=weights_sha, dims=cfg.index_dims)
+                                      LesionTable(frame=train.frame, layout=table.layout, root=table.root,
+                                                  sources=list(table.sources))),
+                                  lesion_ids=[lesion_id(g, i) for g, i in zip(train.frame["group"], train.frame["image_id"],
+                                                                              strict=True)],
+                                  manifest_sha256=manifest_sha, weights_sha256=weights_sha, dims=cfg.index_dims,
+                                  sources=[str(x) for x in train.frame["source"]])
         index.source = str(folder / cases.CASE_INDEX_FILE)
         path = cases.save_index(folder, index)
-        entry = cases.config_entry(index, **record, bytes=path.stat().st_size)
+        thumbs = {}
+        if cfg.thumbnails:
+            thumbs_path = case_thumbnails.save_thumbnails(folder, index.image_ids, train.frame["path"].tolist(),
+                                                          manifest_sha256=manifest_sha, progress=cfg.progress)
+            thumbs = {"thumbnails": {"file": thumbs_path.name, "bytes": thumbs_path.stat().st_size,
+                                     "side": case_thumbnails.DEFAULT_SIDE}}
+        else:
+            (folder / CASE_THUMBNAILS_FILE).unlink(missing_ok=True)  # never leave pictures of another index
+        entry = cases.config_entry(index, **record, bytes=path.stat().st_size, **thumbs)
         update_extras(folder, **{cases.EXTRAS_KEY: entry})
         summary["case_index"] = entry
     if cfg.save_features:

@@ -19,12 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score, roc_auc_score
 from torch.utils.data import DataLoader, RandomSampler
 
 from ..constants import CACHE_SHORT_SIDE
@@ -58,6 +55,7 @@ from .setup import (
     prepare_split,
     preprocessing_of,
 )
+from .val_metrics import epoch_metrics
 
 HISTORY_FILE = "history.csv"
 
@@ -188,58 +186,6 @@ def train_step(state: StepState, x: torch.Tensor, y: torch.Tensor) -> torch.Tens
             if state.ema is not None:
                 state.ema.update(acc.unwrap_model(state.model), step=state.num_updates)
     return loss.detach()
-
-
-def selection_score(metrics: dict[str, float], sources: list[str], rule: str) -> float:
-    """The number the best epoch maximises: the worst source's validation balanced accuracy, or the pooled one.
-
-    With one source both are the pooled balanced accuracy. Worst-source, because the sources are clinics: an
-    epoch that gains on HAM10000's 1,000 validation images while losing another clinic's must not win.
-    """
-    if rule == "pooled" or len(sources) < 2:
-        return metrics["val_balanced_accuracy"]
-    return min(metrics[f"val_{s}_balanced_accuracy"] for s in sources)
-
-
-def epoch_metrics(targets: np.ndarray, logits: np.ndarray, classes: list[str],
-                  sources: np.ndarray | None = None, rule: str = "worst_source") -> dict[str, float]:
-    """Validation metrics of one epoch, pooled and, with several sources, per source (`val_<source>_...`)."""
-    out = _pooled_metrics(targets, logits, classes)
-    names = sorted(set(sources.tolist())) if sources is not None else []
-    if len(names) > 1:
-        for name in names:
-            mask = sources == name
-            preds = logits[mask].argmax(axis=1)
-            # Balanced accuracy over the classes this source has (ISIC 2017: mel, nv, bkl).
-            out[f"val_{name}_balanced_accuracy"] = float(balanced_accuracy_score(targets[mask], preds))
-            if "mel" in classes:
-                mel = classes.index("mel")
-                is_mel = targets[mask] == mel
-                if 0 < is_mel.sum() < mask.sum():
-                    probs = torch.from_numpy(logits[mask]).float().softmax(-1).numpy()
-                    out[f"val_{name}_auc_mel"] = float(roc_auc_score(is_mel, probs[:, mel]))
-    out["val_selection"] = selection_score(out, names, rule)
-    return out
-
-
-def _pooled_metrics(targets: np.ndarray, logits: np.ndarray, classes: list[str]) -> dict[str, float]:
-    preds = logits.argmax(axis=1)
-    labels = list(range(len(classes)))
-    recalls = recall_score(targets, preds, labels=labels, average=None, zero_division=0)
-    out = {
-        "val_loss": float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(targets)).item()),
-        "val_accuracy": float((preds == targets).mean()),
-        "val_balanced_accuracy": float(balanced_accuracy_score(targets, preds)),
-        "val_macro_f1": float(f1_score(targets, preds, labels=labels, average="macro", zero_division=0)),
-    }
-    out.update({f"val_recall_{c}": float(r) for c, r in zip(classes, recalls, strict=True)})
-    # Threshold-free and far less noisy than balanced accuracy on a few dozen df/vasc images; logged, not selected on.
-    if len(np.unique(targets)) == len(classes):
-        probs = torch.from_numpy(logits).float().softmax(-1).numpy()
-        out["val_macro_auc"] = float(roc_auc_score(targets, probs, multi_class="ovr", labels=labels))
-        if "mel" in classes:
-            out["val_auc_mel"] = float(roc_auc_score(targets == classes.index("mel"), probs[:, classes.index("mel")]))
-    return out
 
 
 @torch.no_grad()
@@ -378,8 +324,10 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
         if metrics["val_selection"] > best.get("val_selection", best.get("val_balanced_accuracy", -1.0)):
             best = {**metrics, "epoch": epoch + 1}
             if is_main:
+                # A fine-tuned folder keeps its starting folder's model_args (a feature_ensemble's members live there).
+                model_args = dict(init_cfg.get("model_args") or {}) if init_cfg else dict(cfg.model_args)
                 save_model_folder(out, accelerator.unwrap_model(eval_model()), architecture=cfg.model,
-                                  label_names=classes, preprocessing=pre, model_args=dict(cfg.model_args),
+                                  label_names=classes, preprocessing=pre, model_args=model_args,
                                   extras=_extras(cfg, split, best, temperature=1.0, init_weights=provenance))
                 plot_confusion(out / "confusion_matrix_val.png", targets.numpy(), logits[0].numpy().argmax(1), classes,
                                f"validation, epoch {epoch + 1} (row-normalised)")
