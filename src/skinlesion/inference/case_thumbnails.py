@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..models.folder import CASE_THUMBNAILS_FILE, ModelFolderError
+from ..models.folder import CASE_THUMBNAILS_FILE, ModelFolderError, save_safetensors_within
 
 FORMAT = "skinlesion-case-thumbnails-1"
 DEFAULT_SIDE = 128
@@ -50,8 +48,6 @@ def save_thumbnails(folder: str | Path, image_ids: Sequence[str], paths: Sequenc
                     manifest_sha256: str, side: int = DEFAULT_SIDE, quality: int = DEFAULT_QUALITY,
                     progress: bool = False) -> Path:
     """Write the thumbnails of `paths` (in `image_ids` order) atomically; refuses to exceed MAX_FILE_BYTES."""
-    from safetensors.torch import save_file
-
     if len(image_ids) != len(paths):
         raise ValueError(f"{len(image_ids)} image ids but {len(paths)} paths")
     iterator = paths
@@ -64,20 +60,14 @@ def save_thumbnails(folder: str | Path, image_ids: Sequence[str], paths: Sequenc
     offsets[1:] = np.cumsum([len(b) for b in blobs])
     data = np.frombuffer(b"".join(blobs), dtype=np.uint8) if blobs else np.zeros(0, np.uint8)
     path = Path(folder) / CASE_THUMBNAILS_FILE
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".case_thumbnails.", suffix=".safetensors")
-    os.close(fd)
-    try:
-        save_file({"data": torch.from_numpy(data.copy()), "offsets": torch.from_numpy(offsets)}, tmp,
-                  metadata={"format": FORMAT, "image_ids": json.dumps(list(image_ids)), "side": str(side),
-                            "encoding": "webp", "manifest_sha256": manifest_sha256})
-        size = Path(tmp).stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise CaseThumbnailsError(f"{path}: {size / 2**20:.1f} MB is over the {MAX_FILE_BYTES // 2**20} MB "
-                                      f"budget; use a smaller side (now {side}) or quality (now {quality})")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return save_safetensors_within(
+        path, {"data": torch.from_numpy(data.copy()), "offsets": torch.from_numpy(offsets)},
+        {"format": FORMAT, "image_ids": json.dumps(list(image_ids)), "side": str(side), "encoding": "webp",
+         "manifest_sha256": manifest_sha256},
+        max_bytes=MAX_FILE_BYTES,
+        over_budget=lambda size: CaseThumbnailsError(
+            f"{path}: {size / 2**20:.1f} MB is over the {MAX_FILE_BYTES // 2**20} MB budget; use a smaller side "
+            f"(now {side}) or quality (now {quality})"))
 
 
 class CaseThumbnails:

@@ -21,8 +21,6 @@ images from a model folder's index must never be shown for a model trained on an
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..models.folder import CASE_INDEX_FILE, ModelFolderError
+from ..models.folder import CASE_INDEX_FILE, ModelFolderError, save_safetensors_within
 from .features import l2_normalise
 from .ood import read_safetensors
 
@@ -255,7 +253,6 @@ def precision_at_k(query_labels: Sequence[str], neighbours: Sequence[Sequence[Ca
 
 def save_index(folder: str | Path, index: CaseIndex) -> Path:
     """Write `case_index.safetensors` atomically (vectors fp16); refuses to exceed MAX_FILE_BYTES."""
-    from safetensors.torch import save_file
 
     path = Path(folder) / CASE_INDEX_FILE
     label_names = sorted(set(index.labels))
@@ -266,18 +263,10 @@ def save_index(folder: str | Path, index: CaseIndex) -> Path:
                 "label_names": json.dumps(label_names), "image_ids": json.dumps(index.image_ids),
                 "dx_types": json.dumps(index.dx_types), "lesion_ids": json.dumps(index.lesion_ids),
                 "sources": json.dumps(index.sources)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".case_index.", suffix=".safetensors")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        size = Path(tmp).stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise CaseIndexError(f"{path}: {size / 2**20:.1f} MB is over the {MAX_FILE_BYTES // 2**20} MB budget; "
-                                 f"use fewer --index-dims (now {index.dims})")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return save_safetensors_within(
+        path, tensors, metadata, max_bytes=MAX_FILE_BYTES,
+        over_budget=lambda size: CaseIndexError(f"{path}: {size / 2**20:.1f} MB is over the {MAX_FILE_BYTES // 2**20} "
+                                                f"MB budget; use fewer --index-dims (now {index.dims})"))
 
 
 def config_entry(index: CaseIndex, **record: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,26 @@ def save_model_folder(folder: str | Path, model: torch.nn.Module, *, architectur
     if card is not None:
         _atomic_write_text(folder / "README.md", card)
     return folder
+
+
+def save_safetensors_within(path: Path, tensors: dict, metadata: dict[str, str], *, max_bytes: int,
+                            over_budget: Callable[[int], Exception]) -> Path:
+    """Write a safetensors file atomically, refusing (with `over_budget(size)`) one larger than `max_bytes`:
+    the side files a Space downloads (case index, thumbnails) have a size budget, and a refused file must not
+    replace the one that was there."""
+    from safetensors.torch import save_file
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".safetensors")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        size = Path(tmp).stat().st_size
+        if size > max_bytes:
+            raise over_budget(size)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
 
 
 def update_extras(folder: str | Path, **updates: Any) -> dict:
