@@ -11,10 +11,14 @@
 # OOD_ARGS defaults to the candidate the measure step chose by its validation-only rule ("chosen" in
 # $OUT/measure_ood/measure_ood.json); set it to override. TAPS and COMBOS name the modules the measure step
 # taps (default: an EfficientNet/MobileNetV2's blocks; a feature_ensemble's are e.g. backbones.0.blocks.5).
+# DATA lists every training source (default: HAM10000_DIR alone): the temperature is fitted on, and the OOD
+# statistics and case index on, all their validation/training images, since other clinics' dermoscopy is
+# in-distribution. E.g. DATA="../shared/data/HAM10000 ../shared/data/ISIC2017_train ../shared/data/ISIC2017_val".
 set -euo pipefail
 FOLDER=$1 HAM=$2 EXTERNAL=$3 SIZES=$4 OOD_ROOT=$5
 STEP=${STEP:-all}   # all, or one of: size temperature measure fit report
 PY=${PY:-python}
+DATA=${DATA:-$HAM}
 OUT=${OUT:-runs/post_$(basename "$FOLDER")}
 TAPS=${TAPS:-blocks.0 blocks.1 blocks.2 blocks.3 blocks.4 blocks.5 blocks.6}
 COMBOS=${COMBOS:-blocks.5,blocks.6 blocks.4,blocks.5 blocks.4,blocks.5,blocks.6}
@@ -32,7 +36,8 @@ if [[ $STEP == all || $STEP == size ]]; then
   run $PY scripts/choose_input_size.py --model "$FOLDER" --data "$HAM" --sizes $SIZES --workers 2 --write
 fi
 if [[ $STEP == all || $STEP == temperature ]]; then
-  run $PY evaluate.py --model "$FOLDER" --data "$HAM" --split val --fit-temperature --tta flips --no-progress \
+  # shellcheck disable=SC2086
+  run $PY evaluate.py --model "$FOLDER" --data $DATA --split val --fit-temperature --tta flips --no-progress \
     --workers 2 --bootstrap 0 --out "$OUT/val"
 fi
 if [[ $STEP == all || $STEP == measure ]]; then
@@ -43,7 +48,7 @@ fi
 if [[ $STEP == all || $STEP == fit ]]; then
   OOD_ARGS=${OOD_ARGS:-$(chosen_ood_args)}
   # shellcheck disable=SC2086
-  run $PY -m skinlesion fit-features --model "$FOLDER" --data "$HAM" --workers 2 --no-progress $OOD_ARGS
+  run $PY -m skinlesion fit-features --model "$FOLDER" --data $DATA --workers 2 --no-progress $OOD_ARGS
 fi
 if [[ $STEP == all || $STEP == report ]]; then
   # --by: the per-group tables the model card and the README's limits show (the external set has no metadata).

@@ -4,8 +4,8 @@
 #
 #   scripts/ship_model.sh runs/ship5 ../shared/data/HAM10000
 #
-# Refuses a folder trained on another split (the shipped split_manifest.csv is the contract the test
-# reports, the case index and the examples rely on). Then: copies the folder's files over weights/,
+# Refuses a folder whose manifest moves any image of the shipped split_manifest.csv to another split (the contract
+# the test reports, the case index and the examples rely on; a folder trained on more sources lists more images). Then: copies the folder's files over weights/,
 # rewrites the model card and the README's results from the copied reports, re-picks the app's examples
 # from the TRAIN split, exports model.onnx (checked against PyTorch) and runs the inference benchmark. Commit the
 # result by hand, model.onnx included.
@@ -19,16 +19,23 @@ for f in model.safetensors config.json ood_stats.safetensors case_index.safetens
          eval/ham10000_test/report.json; do
   [[ -f $SRC/$f ]] || { echo "ship_model: $SRC/$f is missing (run scripts/post_training.sh first)" >&2; exit 1; }
 done
-if ! cmp -s "$SRC/split_manifest.csv" "$DEST/split_manifest.csv"; then
-  echo "ship_model: $SRC was trained on another split than $DEST/split_manifest.csv; refusing" >&2
-  exit 1
-fi
+# A folder trained on more sources lists more images; every image the shipped manifest lists must keep its split
+# (a training image may only have been left out by the near-duplicate screen).
+run $PY - "$DEST/split_manifest.csv" "$SRC/split_manifest.csv" <<'PY'
+import sys
+from skinlesion.data.splits import read_manifest, split_changes
+changes = split_changes(read_manifest(sys.argv[1]), read_manifest(sys.argv[2]))
+if changes:
+    sys.exit(f"ship_model: {sys.argv[2]} moves {len(changes)} image(s) of {sys.argv[1]} to another split "
+             f"(first: {changes[0]}); refusing")
+PY
 
 # What the folder is: weights, config, fitted extras, training record and reports. README.md (the card)
 # is regenerated below; train_summary.json comes along when training wrote one.
 # Files the new folder lacks (an ensemble has no training history of its own) must not survive from the old one.
-for f in history.csv history.png confusion_matrix_val.png train_summary.json eval; do rm -rf "${DEST:?}/$f"; done
-for f in model.safetensors config.json ood_stats.safetensors case_index.safetensors history.csv history.png \
+for f in near_duplicates.csv history.csv history.png confusion_matrix_val.png train_summary.json eval; do rm -rf "${DEST:?}/$f"; done
+for f in model.safetensors config.json ood_stats.safetensors case_index.safetensors case_thumbnails.safetensors \
+         split_manifest.csv near_duplicates.csv history.csv history.png \
          confusion_matrix_val.png train_summary.json eval; do
   [[ -e $SRC/$f ]] && run cp -r "$SRC/$f" "$DEST/"
 done

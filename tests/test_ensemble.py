@@ -100,6 +100,17 @@ def test_the_card_lists_every_member(members, tmp_path):
     assert "temperature 0.700" in card and "temperature 1.300" in card
 
 
+def test_the_ensemble_names_the_sources_its_members_were_trained_on(members, tmp_path):
+    sources = [{"name": "ham10000", "path": "data/HAM10000", "layout": "ham10000", "counts": {"train": 3}},
+               {"name": "isic2017", "path": "data/ISIC2017_train", "layout": "isic_challenge", "counts": {"train": 2}}]
+    for folder in members:
+        config = json.loads((folder / "config.json").read_text())
+        config["skinlesion"]["sources"] = sources
+        (folder / "config.json").write_text(json.dumps(config))
+    write_ensemble(members, tmp_path / "ens")
+    assert load_model_folder(tmp_path / "ens").extras["sources"] == sources
+
+
 def test_members_trained_on_other_splits_are_refused(members, tmp_path):
     other = member(tmp_path / "c", 2, manifest=MANIFEST.replace("ISIC_0000001,val", "ISIC_0000001,train"))
     with pytest.raises(EnsembleError, match="split manifest .* has seen this ensemble's validation or test images"):

@@ -17,7 +17,7 @@ from skinlesion.data import (
     select_split,
     write_manifest,
 )
-from skinlesion.data.splits import merge_groups
+from skinlesion.data.splits import merge_groups, split_changes
 
 # HAM10000's class shares: the imbalance the split has to respect.
 HAM_SHARES = {"nv": 0.6695, "mel": 0.1111, "bkl": 0.1097, "bcc": 0.0513, "akiec": 0.0327, "vasc": 0.0142, "df": 0.0115}
@@ -184,3 +184,16 @@ def test_read_duplicate_pairs_strips_file_extensions(tmp_path: Path) -> None:
     path.write_text("a,b\n1,2\n")
     with pytest.raises(DataError, match="from_img,to_img"):
         read_duplicate_pairs(path)
+
+
+def test_a_larger_manifest_may_add_sources_and_exclude_training_images_but_not_move_any() -> None:
+    shipped = pd.DataFrame({"image_id": ["a", "b", "c"], "split": ["train", "val", "test"]})
+    grown = pd.DataFrame({"image_id": ["a", "b", "c", "x", "y"], "split": ["excluded", "val", "test", "train", "val"],
+                          "source": ["ham", "ham", "ham", "isic", "isic"]})
+    assert split_changes(shipped, grown) == []
+    moved = grown.assign(split=["train", "train", "test", "train", "val"])
+    assert split_changes(shipped, moved) == ["b: val -> train"]
+    assert split_changes(shipped, grown[grown["image_id"] != "c"]) == ["c: test -> not listed"]
+    # Only a training image may be left out: a test image turned `excluded` would shrink the test set.
+    assert split_changes(shipped, grown.assign(split=["train", "val", "excluded", "train", "val"])) == [
+        "c: test -> excluded"]

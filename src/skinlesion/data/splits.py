@@ -138,6 +138,25 @@ def manifest_hash(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def split_changes(shipped: pd.DataFrame, candidate: pd.DataFrame) -> list[str]:
+    """What `candidate` changes about the images `shipped` lists: [] when every one keeps its split.
+
+    A model trained on more sources has a larger manifest than the one it replaces; what must not move is the
+    split of every image already listed (else the old test images may be in the new training set, and the
+    reports compare different test sets). A training image may become `excluded` (the near-duplicate screen
+    left it out of training): that only removes training data.
+    """
+    new = dict(zip(candidate["image_id"], candidate["split"], strict=True))
+    changes = []
+    for image_id, split in zip(shipped["image_id"], shipped["split"], strict=True):
+        now = new.get(image_id)
+        if now is None:
+            changes.append(f"{image_id}: {split} -> not listed")
+        elif now != split and not (split == "train" and now == EXCLUDED):
+            changes.append(f"{image_id}: {split} -> {now}")
+    return changes
+
+
 def select_split(table: LesionTable, manifest: pd.DataFrame, split: str) -> LesionTable:
     """Rows of `table` in `split`; images the manifest does not know are an error (a stale manifest)."""
     if split == "all":

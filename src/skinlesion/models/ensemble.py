@@ -194,6 +194,9 @@ def write_ensemble(folders: Sequence[str | Path], out: str | Path, weights: Sequ
               "init_weights": {"source": "ensemble", "licence_note": next((n for n in notes if n), "")},
               "ensemble": {"members": records, "command": command,
                            "rule": "logits = sum_i w_i z_i / T_i (the members' calibrated geometric mean)"}}
+    # Members share the manifest, so they were trained on the same sources: the card names them from here.
+    if first.loaded.extras.get("sources"):
+        extras["sources"] = first.loaded.extras["sources"]
     save_model_folder(out, ensemble, architecture=ARCHITECTURE, label_names=first.loaded.label_names,
                       preprocessing=pre, model_args=model_args, extras=extras)
     if (first.folder / MANIFEST_FILE).is_file():
