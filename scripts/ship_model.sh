@@ -4,8 +4,9 @@
 #
 #   scripts/ship_model.sh runs/ship5 ../shared/data/HAM10000
 #
-# Refuses a folder whose manifest moves any image of the shipped split_manifest.csv to another split (the contract
-# the test reports, the case index and the examples rely on; a folder trained on more sources lists more images). Then: copies the folder's files over weights/,
+# Refuses a folder whose manifest moves any image of the shipped split_manifest.csv to another split (the
+# contract the test reports, the case index and the examples rely on; a folder trained on more sources lists
+# more images). Then: copies the folder's files over weights/,
 # rewrites the model card and the README's results from the copied reports, re-picks the app's examples
 # from the TRAIN split, exports model.onnx (checked against PyTorch) and runs the inference benchmark. Commit the
 # result by hand, model.onnx included.
@@ -33,7 +34,7 @@ PY
 # What the folder is: weights, config, fitted extras, training record and reports. README.md (the card)
 # is regenerated below; train_summary.json comes along when training wrote one.
 # Files the new folder lacks (an ensemble has no training history of its own) must not survive from the old one.
-for f in near_duplicates.csv history.csv history.png confusion_matrix_val.png train_summary.json eval; do rm -rf "${DEST:?}/$f"; done
+for f in case_thumbnails.safetensors near_duplicates.csv history.csv history.png confusion_matrix_val.png train_summary.json eval; do rm -rf "${DEST:?}/$f"; done
 for f in model.safetensors config.json ood_stats.safetensors case_index.safetensors case_thumbnails.safetensors \
          split_manifest.csv near_duplicates.csv history.csv history.png \
          confusion_matrix_val.png train_summary.json eval; do
