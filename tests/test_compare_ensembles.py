@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from data_factory import ISIC2017_HEADER, write_csv, write_image
 from fitted_folder import LABELS, write_synthetic_ham, write_tiny_model
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from skinlesion.data import load_table, read_manifest, select_split
+from skinlesion.data.sources import load_sources
 from skinlesion.evaluation.view_logits import collect_view_logits
 from skinlesion.inference.predictor import Predictor
 from skinlesion.models.ensemble import write_ensemble
@@ -50,3 +52,45 @@ def test_a_pairs_row_is_the_built_ensembles_validation_score(tmp_path):
     mel = LABELS.index("mel")
     assert rows[2]["val_melanoma_auc"] == pytest.approx(roc_auc_score(y == mel, probs[:, mel]), abs=1e-6)
     assert rows[2]["val_melanoma_auc"] != pytest.approx(rows[0]["val_melanoma_auc"], abs=1e-6)
+
+
+def test_with_several_sources_each_source_and_the_worst_one_are_scored(tmp_path):
+    """HAM10000 + an ISIC 2017 validation folder: per-source scores are those of each source's own images, and the
+    worst source's balanced accuracy (the rule that chooses) is the smaller of the two."""
+    data = tmp_path / "ham"
+    split_of = write_synthetic_ham(data)
+    isic = tmp_path / "isic_val"
+    rows = []
+    for i, label in enumerate(["mel", "mel", "bkl", "nv", "nv", "nv", "mel", "nv"]):
+        image_id = f"ISIC_9{i:06d}"
+        write_image(isic / "images" / f"{image_id}.jpg", seed=100 + i, label=i)
+        rows.append(f"{image_id},{1.0 if label == 'mel' else 0.0},{1.0 if label == 'bkl' else 0.0}")
+        split_of[image_id] = "val"
+    write_csv(isic / "ISIC-2017_Validation_Part3_GroundTruth.csv", ISIC2017_HEADER, rows)
+    manifest = "image_id,split\n" + "\n".join(f"{i},{s}" for i, s in split_of.items()) + "\n"
+    folders = []
+    for seed in (0, 1):
+        folder = write_tiny_model(tmp_path / f"m{seed}", seed=seed)
+        (folder / "split_manifest.csv").write_text(manifest)
+        folders.append(folder)
+    out = tmp_path / "cmp"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_ensembles.py"), "--data", str(data),
+                             str(isic), "--out", str(out), "--workers", "0", *map(str, folders)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((out / "compare_ensembles.json").read_text())
+    assert report["n_val_per_source"]["isic2017"] == 8
+    pair = report["rows"][2]
+    assert set(pair["per_source"]) == {"ham10000", "isic2017"}
+    assert pair["worst_source_balanced_accuracy"] == min(v["balanced_accuracy"] for v in pair["per_source"].values())
+
+    predictor = Predictor.from_pretrained(write_ensemble(folders, tmp_path / "ens")["out"], use_onnx=False)
+    val = select_split(load_sources([str(data), str(isic)]), read_manifest(folders[0] / "split_manifest.csv"), "val")
+    views = collect_view_logits(predictor, val, "flips", batch_size=8, workers=0, progress=False)
+    probs = torch.softmax(views.logits, dim=-1).mean(dim=0).numpy()
+    y, is_isic = views.targets.numpy(), (val.frame["source"] == "isic2017").to_numpy()
+    assert pair["per_source"]["isic2017"]["balanced_accuracy"] == pytest.approx(
+        balanced_accuracy_score(y[is_isic], probs[is_isic].argmax(1)))
+    mel = LABELS.index("mel")
+    assert pair["per_source"]["ham10000"]["melanoma_auc"] == pytest.approx(
+        roc_auc_score(y[~is_isic] == mel, probs[~is_isic, mel]), abs=1e-6)

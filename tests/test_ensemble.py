@@ -118,6 +118,44 @@ def test_members_trained_on_other_splits_are_refused(members, tmp_path):
     assert not (tmp_path / "ens").exists()
 
 
+def test_a_member_trained_on_more_sources_gives_the_ensemble_its_manifest(members, tmp_path):
+    """An older member trained on HAM10000 alone beside one trained on HAM10000 + another clinic: allowed when no
+    image the older one lists changes split; a training image the wider manifest excludes (a near-duplicate of a
+    validation/test image) is counted, since the older member did train on it."""
+    wider = (MANIFEST.replace("ISIC_0000000,train", "ISIC_0000000,excluded")
+             + "ISIC_9000000,train\nISIC_9000001,val\n")
+    multi = member(tmp_path / "multi", 2, manifest=wider)
+    summary = write_ensemble([members[0], multi], tmp_path / "ens")
+    assert (tmp_path / "ens" / "split_manifest.csv").read_text() == wider
+    records = load_model_folder(tmp_path / "ens").extras["ensemble"]["members"]
+    assert records[0]["trained_on_excluded"] == 1 and "trained_on_excluded" not in records[1]
+    assert any("trained on 1 image(s)" in note for note in summary["notes"])
+    # A wider manifest that moves an image the other member lists to another split is still refused.
+    moved = member(tmp_path / "moved", 3, manifest=wider.replace("ISIC_0000002,test", "ISIC_0000002,train"))
+    with pytest.raises(EnsembleError, match=r"ISIC_0000002: test -> train"):
+        write_ensemble([members[0], moved], tmp_path / "ens2")
+
+
+def test_an_ensemble_can_be_a_member_and_keeps_its_own_weighting(members, tmp_path):
+    inner = tmp_path / "inner"
+    write_ensemble(members, inner, [3.0, 1.0])
+    third = member(tmp_path / "c", 2, temperature=0.9)
+    out = tmp_path / "outer"
+    write_ensemble([inner, third], out)
+    outer, a, b, c = (load_model_folder(p) for p in (out, *members, third))
+    assert len(outer.model.backbones) == 3
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        z = outer.model(normalise(x, outer.preprocessing))
+        za = a.model(normalise(x, a.preprocessing)) / 0.7
+        zb = b.model(normalise(x, b.preprocessing)) / 1.3
+        zc = c.model(normalise(x, c.preprocessing)) / 0.9
+    torch.testing.assert_close(z, 0.5 * (0.75 * za + 0.25 * zb) + 0.5 * zc, atol=1e-5, rtol=1e-5)
+    plain = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(normalise(x, outer.preprocessing)), z)
+
+
 def test_other_labels_are_refused(members, tmp_path):
     other = member(tmp_path / "c", 2, labels=["mel", "bkl", "nv"])
     with pytest.raises(EnsembleError, match="must predict the same classes in the same order"):

@@ -14,8 +14,13 @@ The head is the members' linear classifiers side by side, member i's scaled by w
 (weights sum to 1): the geometric-mean ensemble of the calibrated members. It gets a temperature of
 its own afterwards (`evaluate.py --fit-temperature`), then `skinlesion fit-features` as any folder.
 
-Members must share the label list and the split manifest: a member trained on another split has seen
-some of this folder's validation (and test) images, and every figure measured on them would leak.
+Members must share the label list and the split: a member trained on another split has seen some of this
+folder's validation (and test) images, and every figure measured on them would leak. Manifests may differ in
+what they list (a member trained on HAM10000 alone beside members trained on HAM10000 + ISIC 2017): the
+ensemble takes the manifest of the member that lists the most, and every image another member's manifest lists
+must keep its split there. An image the near-duplicate screen left out of training in the larger manifest but
+that an older member trained on is allowed and counted in the member's record (`trained_on_excluded`).
+A member may itself be an ensemble: its backbones join this one's, its head block keeps its own weighting.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from ..constants import MANIFEST_FILE, MODEL_WEIGHTS_FILE
-from ..data.splits import manifest_hash
+from ..data.splits import EXCLUDED, manifest_hash, read_manifest, split_changes
 from .architectures import FeatureEnsemble
 from .folder import (
     LoadedModel,
@@ -70,21 +75,49 @@ def _manifest_sha(folder: Path, loaded: LoadedModel) -> str:
     return manifest_hash(path)
 
 
-def check_members(members: Sequence[Member]) -> str:
-    """Raise EnsembleError naming the first difference that forbids combining; return the manifest sha256."""
+def shared_manifest(members: Sequence[Member]) -> tuple[str, Path | None, dict[Path, int]]:
+    """The ensemble's split manifest: (sha256, file or None when all members share one sha, and per member the
+    number of images it trained on that the chosen manifest excludes from training).
+
+    With differing manifests, the chosen one is the member's that every other member's manifest fits into: each
+    image another member lists keeps its split (train may have become `excluded`, counted). Else EnsembleError."""
+    shas = [_manifest_sha(m.folder, m.loaded) for m in members]
+    if len(set(shas)) == 1:
+        return shas[0], None, {}
+    missing = [str(m.folder) for m in members if not (m.folder / MANIFEST_FILE).is_file()]
+    if missing:
+        raise EnsembleError(f"the members were trained on different split manifests and {missing[0]} has no "
+                            f"{MANIFEST_FILE} to compare: a member trained on another split has seen this ensemble's "
+                            "validation or test images")
+    frames = {m.folder: read_manifest(m.folder / MANIFEST_FILE) for m in members}
+    by_size = sorted(members, key=lambda m: -len(frames[m.folder]))
+    first_problem = None
+    for candidate in by_size:
+        chosen = frames[candidate.folder]
+        problems = [(m.folder, split_changes(frames[m.folder], chosen)) for m in members if m is not candidate]
+        problems = [(folder, changes) for folder, changes in problems if changes]
+        if not problems:
+            status = dict(zip(chosen["image_id"], chosen["split"], strict=True))
+            excluded = {m.folder: int(sum(split == "train" and status.get(i) == EXCLUDED for i, split in
+                                          zip(frames[m.folder]["image_id"], frames[m.folder]["split"], strict=True)))
+                        for m in members}
+            return shas[members.index(candidate)], candidate.folder / MANIFEST_FILE, excluded
+        first_problem = first_problem or (candidate.folder, *problems[0])
+    larger, folder, changes = first_problem
+    raise EnsembleError(
+        f"{folder} was trained on a split manifest that {larger}'s contradicts ({len(changes)} image(s), first: "
+        f"{changes[0]}): a member trained on another split has seen this ensemble's validation or test images")
+
+
+def check_members(members: Sequence[Member]) -> tuple[str, Path | None, dict[Path, int]]:
+    """Raise EnsembleError naming the first difference that forbids combining; return `shared_manifest`'s answer."""
     if len(members) < 2:
         raise EnsembleError(f"an ensemble needs at least two model folders, got {len(members)}")
     first = members[0]
-    sha = _manifest_sha(first.folder, first.loaded)
     for m in members[1:]:
         if m.loaded.label_names != first.loaded.label_names:
             raise EnsembleError(f"{m.folder} has labels {m.loaded.label_names}, {first.folder} has "
                                 f"{first.loaded.label_names}: members must predict the same classes in the same order")
-        other = _manifest_sha(m.folder, m.loaded)
-        if other != sha:
-            raise EnsembleError(
-                f"{m.folder} was trained on split manifest {other[:12]}, {first.folder} on {sha[:12]}: a member "
-                "trained on another split has seen this ensemble's validation or test images")
         if m.loaded.preprocessing.color_constancy != first.loaded.preprocessing.color_constancy:
             raise EnsembleError(
                 f"{m.folder} uses colour constancy {m.loaded.preprocessing.color_constancy!r}, {first.folder} "
@@ -92,7 +125,7 @@ def check_members(members: Sequence[Member]) -> str:
     weights = [m.weight for m in members]
     if min(weights) <= 0:
         raise EnsembleError(f"member weights must be positive, got {weights}")
-    return sha
+    return shared_manifest(members)
 
 
 def _linear_head(member: Member) -> nn.Linear:
@@ -114,29 +147,40 @@ def member_record(member: Member, weight: float) -> dict:
             "input_size": member.loaded.preprocessing.input_size}
 
 
+def _parts(member: Member) -> list[tuple[dict, dict]]:
+    """(spec, headless state dict) of each backbone a member brings: its own, or an ensemble member's several."""
+    model = member.loaded.model
+    if member.loaded.architecture == ARCHITECTURE:
+        specs = member.model_args["members"]
+        return [(dict(spec), backbone.state_dict()) for spec, backbone in zip(specs, model.backbones, strict=True)]
+    prefix = _classifier_prefix(model, _linear_head(member))
+    spec = {"architecture": member.loaded.architecture, "model_args": member.model_args,
+            "mean": list(member.loaded.preprocessing.mean), "std": list(member.loaded.preprocessing.std)}
+    return [(spec, {k: v for k, v in model.state_dict().items() if not k.startswith(prefix)})]
+
+
 def build_ensemble(members: Sequence[Member]) -> tuple[FeatureEnsemble, dict, list[dict]]:
     """The ensemble model (eval mode), its `model_args` and the members' records; weights normalised to 1.
 
-    The members must have passed `check_members`."""
+    The members must have passed `check_members`. A member that is itself an ensemble contributes its backbones
+    in order and its head as one block (its own member weights and temperatures stay inside it)."""
     total = sum(m.weight for m in members)
     pre = members[0].loaded.preprocessing
-    specs = [{"architecture": m.loaded.architecture, "model_args": m.model_args,
-              "mean": list(m.loaded.preprocessing.mean), "std": list(m.loaded.preprocessing.std)} for m in members]
-    model_args = {"members": specs, "input_mean": list(pre.mean), "input_std": list(pre.std)}
+    parts = [(m, spec, body) for m in members for spec, body in _parts(m)]
+    model_args = {"members": [spec for _, spec, _ in parts], "input_mean": list(pre.mean), "input_std": list(pre.std)}
     ensemble = FeatureEnsemble(num_classes=members[0].loaded.num_classes, **model_args).eval()
+    for backbone, (m, spec, body) in zip(ensemble.backbones, parts, strict=True):
+        result = backbone.load_state_dict(body, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise EnsembleError(f"{m.folder}: its weights do not fit a headless {spec['architecture']} (missing "
+                                f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
     weight_blocks, bias = [], torch.zeros(members[0].loaded.num_classes)
     records = []
-    for backbone, m in zip(ensemble.backbones, members, strict=True):
+    for m in members:
         head = _linear_head(m)
         scale = (m.weight / total) / m.loaded.temperature
         weight_blocks.append(head.weight.detach() * scale)
         bias += head.bias.detach() * scale
-        prefix = _classifier_prefix(m.loaded.model, head)
-        body = {k: v for k, v in m.loaded.model.state_dict().items() if not k.startswith(prefix)}
-        result = backbone.load_state_dict(body, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise EnsembleError(f"{m.folder}: its weights do not fit a headless {m.loaded.architecture} (missing "
-                                f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
         records.append(member_record(m, m.weight / total))
     with torch.no_grad():
         ensemble.head.weight.copy_(torch.cat(weight_blocks, dim=1))
@@ -184,8 +228,11 @@ def write_ensemble(folders: Sequence[str | Path], out: str | Path, weights: Sequ
     if out.resolve() in {Path(f).resolve() for f in folders}:
         raise EnsembleError(f"{out} is one of the members; write the ensemble to a new folder")
     members = load_members(folders, weights)
-    sha = check_members(members)
+    sha, manifest, excluded = check_members(members)
     ensemble, model_args, records = build_ensemble(members)
+    for record, m in zip(records, members, strict=True):
+        if excluded.get(m.folder):
+            record["trained_on_excluded"] = excluded[m.folder]
     first = members[0]
     pre = first.loaded.preprocessing
     notes = [r["init_weights"].get("licence_note") for r in records if r.get("init_weights")]
@@ -194,17 +241,22 @@ def write_ensemble(folders: Sequence[str | Path], out: str | Path, weights: Sequ
               "init_weights": {"source": "ensemble", "licence_note": next((n for n in notes if n), "")},
               "ensemble": {"members": records, "command": command,
                            "rule": "logits = sum_i w_i z_i / T_i (the members' calibrated geometric mean)"}}
-    # Members share the manifest, so they were trained on the same sources: the card names them from here.
-    if first.loaded.extras.get("sources"):
-        extras["sources"] = first.loaded.extras["sources"]
+    # The card names the sources from the member whose manifest the ensemble takes (it lists the most).
+    widest = next((m for m in members if manifest and m.folder / MANIFEST_FILE == manifest), first)
+    if widest.loaded.extras.get("sources"):
+        extras["sources"] = widest.loaded.extras["sources"]
     save_model_folder(out, ensemble, architecture=ARCHITECTURE, label_names=first.loaded.label_names,
                       preprocessing=pre, model_args=model_args, extras=extras)
-    if (first.folder / MANIFEST_FILE).is_file():
-        shutil.copyfile(first.folder / MANIFEST_FILE, out / MANIFEST_FILE)
+    manifest = manifest or first.folder / MANIFEST_FILE
+    if manifest.is_file():
+        shutil.copyfile(manifest, out / MANIFEST_FILE)
     (out / SUMMARY_FILE).write_text(json.dumps(ensemble_summary(members, command), indent=2) + "\n")
     size_mb = (out / MODEL_WEIGHTS_FILE).stat().st_size / 2**20
+    leaks = [f"{m.folder} trained on {excluded[m.folder]} image(s) that {manifest} leaves out of training as "
+             "near-duplicates of validation or test images (recorded as trained_on_excluded)"
+             for m in members if excluded.get(m.folder)]
     return {"out": str(out), "members": records, "input_size": pre.input_size, "weights_mb": round(size_mb, 1),
-            "notes": preprocessing_notes(members)}
+            "notes": preprocessing_notes(members) + leaks}
 
 
 def preprocessing_notes(members: Sequence[Member]) -> list[str]:
