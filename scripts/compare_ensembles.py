@@ -89,7 +89,13 @@ def main() -> None:
                              "ISIC 2017 train and val")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--weights", nargs="+", type=float, action="append", default=[], metavar="W",
+                        help="also score all folders with these weights (one per folder, as `skinlesion ensemble "
+                             "--weight`); repeatable")
     args = parser.parse_args()
+    bad = [w for w in args.weights if len(w) != len(args.folders) or min(w) <= 0]
+    if bad:
+        parser.error(f"--weights {bad[0]}: give one positive weight per folder ({len(args.folders)})")
     members = load_members(args.folders)
     _, manifest, _ = check_members(members)  # same labels and split, or a clear error
     args.out.mkdir(parents=True, exist_ok=True)
@@ -108,6 +114,12 @@ def main() -> None:
             probs = torch.softmax(combined, dim=-1).mean(dim=0).numpy()  # TTA: mean of the views' probabilities
             rows.append({"members": list(subset), **subset_scores(probs, y, sources, mel)})
             print(f"{' + '.join(subset):40s} {describe(rows[-1])}", flush=True)
+    for weights in args.weights:
+        combined = torch.from_numpy(sum(w * logits[name] for w, name in zip(weights, logits, strict=True)) / sum(weights))
+        probs = torch.softmax(combined, dim=-1).mean(dim=0).numpy()
+        rows.append({"members": list(logits), "weights": [w / sum(weights) for w in weights],
+                     **subset_scores(probs, y, sources, mel)})
+        print(f"{'weights ' + ' '.join(f'{w:g}' for w in weights):40s} {describe(rows[-1])}", flush=True)
     (args.out / "compare_ensembles.json").write_text(json.dumps(
         {"folders": [str(f) for f in args.folders], "data": args.data, "n_val": int(len(y)),
          "n_val_per_source": {n: int((sources == n).sum()) for n in sorted(set(sources.tolist()))},

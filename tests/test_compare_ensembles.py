@@ -34,11 +34,12 @@ def test_a_pairs_row_is_the_built_ensembles_validation_score(tmp_path):
         folders.append(folder)
     out = tmp_path / "cmp"
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_ensembles.py"), "--data", str(data),
-                             "--out", str(out), "--workers", "0", *map(str, folders)],
+                             "--out", str(out), "--workers", "0", *map(str, folders), "--weights", "3", "1"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads((out / "compare_ensembles.json").read_text())["rows"]
-    assert [r["members"] for r in rows] == [["m0"], ["m1"], ["m0", "m1"]]
+    assert [r["members"] for r in rows] == [["m0"], ["m1"], ["m0", "m1"], ["m0", "m1"]]
+    assert rows[3]["weights"] == [0.75, 0.25]
 
     ensemble = write_ensemble(folders, tmp_path / "ens")["out"]
     predictor = Predictor.from_pretrained(ensemble, use_onnx=False)
@@ -52,6 +53,12 @@ def test_a_pairs_row_is_the_built_ensembles_validation_score(tmp_path):
     mel = LABELS.index("mel")
     assert rows[2]["val_melanoma_auc"] == pytest.approx(roc_auc_score(y == mel, probs[:, mel]), abs=1e-6)
     assert rows[2]["val_melanoma_auc"] != pytest.approx(rows[0]["val_melanoma_auc"], abs=1e-6)
+    # --weights 3 1 scores the folder `skinlesion ensemble --weight 3 1` builds.
+    weighted = Predictor.from_pretrained(write_ensemble(folders, tmp_path / "ens31", [3.0, 1.0])["out"], use_onnx=False)
+    views = collect_view_logits(weighted, val, "flips", batch_size=8, workers=0, progress=False)
+    probs = torch.softmax(views.logits, dim=-1).mean(dim=0).numpy()
+    assert rows[3]["val_melanoma_auc"] == pytest.approx(roc_auc_score(y == mel, probs[:, mel]), abs=1e-6)
+    assert rows[3]["val_melanoma_auc"] != pytest.approx(rows[2]["val_melanoma_auc"], abs=1e-6)
 
 
 def test_with_several_sources_each_source_and_the_worst_one_are_scored(tmp_path):
