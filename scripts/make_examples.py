@@ -65,9 +65,10 @@ def main() -> None:
     predictor = Predictor.from_pretrained(folder, use_onnx=False)
     table = select_split(load_table(args.data), read_manifest(manifest_path), "train")
     frame = table.frame
-    # dx_type (how the diagnosis was confirmed) is HAM10000 metadata the generic table does not carry.
-    meta = pd.read_csv(Path(args.data) / "HAM10000_metadata.csv", usecols=["image_id", "dx_type"])
-    frame = frame.merge(meta, on="image_id", how="left")
+    # dx_type (how the diagnosis was confirmed): HAM10000 metadata, read from the CSV if the table lacks it.
+    if "dx_type" not in frame.columns:
+        meta = pd.read_csv(Path(args.data) / "HAM10000_metadata.csv", usecols=["image_id", "dx_type"])
+        frame = frame.merge(meta, on="image_id", how="left")
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for label in predictor.label_names:
