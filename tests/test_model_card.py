@@ -93,7 +93,9 @@ def test_sources_from_the_config_with_their_licences(tmp_path):
                 "split_rule": "lesion-grouped", "n_images": 10015, "classes": {"mel": 1113, "nv": 6705},
                 "per_split": {"train": {"mel": 900, "nv": 5000}, "val": {"mel": 100}}},
                {"name": "isic2017", "path": "../shared/data/ISIC2017_train", "layout": "isic2017",
-                "split_rule": "official (train)", "n_images": 2000, "classes": {"mel": 374, "bkl": 254, "nv": 1372}}]
+                "split_rule": "official (train)", "n_images": 2000, "classes": {"mel": 374, "bkl": 254, "nv": 1372}},
+               {"name": "isic2017", "path": "../shared/data/ISIC2017_val", "layout": "isic2017",
+                "split_rule": "official (val)", "n_images": 150, "classes": {"mel": 30, "bkl": 42, "nv": 78}}]
     text = render_model_card(_folder(tmp_path, sources))
     card = ModelCard(text)
     assert card.data.datasets == ["HAM10000", "ISIC-2017"]
@@ -103,6 +105,9 @@ def test_sources_from_the_config_with_their_licences(tmp_path):
     assert "| ham10000 | train | 5900 | mel 900, nv 5000 |" in text
     assert "Tested also on ISIC 2017" not in text  # trained on it: cited once, as training data
     assert text.count("arXiv:1710.05006") == 1
+    # ISIC 2017's train and val folders are two rows of the table but one dataset: its origin and terms once.
+    assert "| ISIC 2017 (`../shared/data/ISIC2017_val`) | 150 |" in text
+    assert text.count("- Trained on ISIC 2017,") == 1 and text.count("- ISIC 2017: ") == 1
 
 
 @pytest.mark.parametrize("unknown", [{"name": "clinic_b", "layout": "imagefolder"}])

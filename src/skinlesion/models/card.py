@@ -207,10 +207,9 @@ def _training_data_lines(sources: list[dict]) -> list[str]:
                      f"{fmt(s.get('n_images'))} | {classes} | {s.get('split_rule', 'lesion-grouped')} | "
                      f"{info.licence if info else 'unknown: check the source'} |")
     lines.append("")
-    for s in sources:
-        info = dataset_info(s)
-        if info:
-            lines.append(f"- {info.title}: {info.origin}.")
+    # One line per dataset: ISIC 2017's train and val folders are two sources of one dataset.
+    for info in dict.fromkeys(i for i in (dataset_info(s) for s in sources) if i):
+        lines.append(f"- {info.title}: {info.origin}.")
     per_split = [(s, split, counts) for s in sources for split, counts in (s.get("per_split") or {}).items()]
     if per_split:
         lines += ["", "| source | split | images | per class |", "|---|---|---|---|"]
@@ -227,10 +226,9 @@ def _training_data_lines(sources: list[dict]) -> list[str]:
 
 def _licence_lines(sources: list[dict], extras: dict, reports: list[tuple[str, dict]]) -> list[str]:
     lines = ["## Licence and citation", ""]
-    for s in sources:
-        info = dataset_info(s)
+    for info in dict.fromkeys(dataset_info(s) or s.get("name") for s in sources):
         lines.append(f"- Trained on {info.title}, {info.licence}: the weights inherit its terms (non-commercial)."
-                     if info else f"- Trained on `{s.get('name')}`: check that dataset's own terms before use.")
+                     if not isinstance(info, str) else f"- Trained on `{info}`: check that dataset's own terms before use.")
     note = (extras.get("init_weights") or {}).get("licence_note")
     if note:
         lines.append(f"- {note}")
