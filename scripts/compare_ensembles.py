@@ -54,6 +54,13 @@ def member_logits(member: Member, geometry: Preprocessing, table, out: Path, wor
     return np.load(path)
 
 
+def combined_probs(member_logits: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    """(N, K) probabilities of the ensemble `skinlesion ensemble --weight` builds: the weighted mean of the members'
+    calibrated (V, N, K) logits, softmax per view, then the mean over the TTA views."""
+    combined = sum(w * z for w, z in zip(weights, member_logits, strict=True)) / sum(weights)
+    return torch.softmax(torch.from_numpy(combined), dim=-1).mean(dim=0).numpy()
+
+
 def subset_scores(probs: np.ndarray, y: np.ndarray, sources: np.ndarray, mel: int | None) -> dict:
     """Pooled balanced accuracy and melanoma AUC; with several sources, the same per source and the worst one."""
     def scores(mask: np.ndarray) -> tuple[float, float | None]:
@@ -110,13 +117,11 @@ def main() -> None:
     rows = []
     for r in range(1, len(members) + 1):
         for subset in itertools.combinations(logits, r):
-            combined = torch.from_numpy(sum(logits[name] for name in subset) / len(subset))
-            probs = torch.softmax(combined, dim=-1).mean(dim=0).numpy()  # TTA: mean of the views' probabilities
+            probs = combined_probs([logits[name] for name in subset], [1.0] * len(subset))
             rows.append({"members": list(subset), **subset_scores(probs, y, sources, mel)})
             print(f"{' + '.join(subset):40s} {describe(rows[-1])}", flush=True)
     for weights in args.weights:
-        combined = torch.from_numpy(sum(w * logits[name] for w, name in zip(weights, logits, strict=True)) / sum(weights))
-        probs = torch.softmax(combined, dim=-1).mean(dim=0).numpy()
+        probs = combined_probs(list(logits.values()), weights)
         rows.append({"members": list(logits), "weights": [w / sum(weights) for w in weights],
                      **subset_scores(probs, y, sources, mel)})
         print(f"{'weights ' + ' '.join(f'{w:g}' for w in weights):40s} {describe(rows[-1])}", flush=True)

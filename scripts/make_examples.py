@@ -19,7 +19,6 @@ import csv
 import io
 from pathlib import Path
 
-import pandas as pd
 from PIL import Image
 
 from skinlesion.constants import MANIFEST_FILE
@@ -64,11 +63,7 @@ def main() -> None:
     manifest_path = folder / MANIFEST_FILE
     predictor = Predictor.from_pretrained(folder, use_onnx=False)
     table = select_split(load_table(args.data), read_manifest(manifest_path), "train")
-    frame = table.frame
-    # dx_type (how the diagnosis was confirmed): HAM10000 metadata, read from the CSV if the table lacks it.
-    if "dx_type" not in frame.columns:
-        meta = pd.read_csv(Path(args.data) / "HAM10000_metadata.csv", usecols=["image_id", "dx_type"])
-        frame = frame.merge(meta, on="image_id", how="left")
+    frame = table.frame  # HAM10000's table carries dx_type (how the diagnosis was confirmed)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for label in predictor.label_names:

@@ -23,21 +23,29 @@ from skinlesion.models.ensemble import write_ensemble
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_a_pairs_row_is_the_built_ensembles_validation_score(tmp_path):
-    data = tmp_path / "ham"
-    split_of = write_synthetic_ham(data)
+def tiny_folders(tmp_path: Path, split_of: dict[str, str]) -> list[Path]:
+    """Two untrained tiny model folders sharing the split manifest `split_of` (image id -> split)."""
     manifest = "image_id,split\n" + "\n".join(f"{i},{s}" for i, s in split_of.items()) + "\n"
     folders = []
     for seed in (0, 1):
         folder = write_tiny_model(tmp_path / f"m{seed}", seed=seed)
         (folder / "split_manifest.csv").write_text(manifest)
         folders.append(folder)
-    out = tmp_path / "cmp"
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_ensembles.py"), "--data", str(data),
-                             "--out", str(out), "--workers", "0", *map(str, folders), "--weights", "3", "1"],
+    return folders
+
+
+def run_compare(data: list[Path], folders: list[Path], out: Path, *extra: str) -> dict:
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_ensembles.py"), "--data",
+                             *map(str, data), "--out", str(out), "--workers", "0", *map(str, folders), *extra],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = json.loads((out / "compare_ensembles.json").read_text())["rows"]
+    return json.loads((out / "compare_ensembles.json").read_text())
+
+
+def test_a_pairs_row_is_the_built_ensembles_validation_score(tmp_path):
+    data = tmp_path / "ham"
+    folders = tiny_folders(tmp_path, write_synthetic_ham(data))
+    rows = run_compare([data], folders, tmp_path / "cmp", "--weights", "3", "1")["rows"]
     assert [r["members"] for r in rows] == [["m0"], ["m1"], ["m0", "m1"], ["m0", "m1"]]
     assert rows[3]["weights"] == [0.75, 0.25]
 
@@ -74,18 +82,8 @@ def test_with_several_sources_each_source_and_the_worst_one_are_scored(tmp_path)
         rows.append(f"{image_id},{1.0 if label == 'mel' else 0.0},{1.0 if label == 'bkl' else 0.0}")
         split_of[image_id] = "val"
     write_csv(isic / "ISIC-2017_Validation_Part3_GroundTruth.csv", ISIC2017_HEADER, rows)
-    manifest = "image_id,split\n" + "\n".join(f"{i},{s}" for i, s in split_of.items()) + "\n"
-    folders = []
-    for seed in (0, 1):
-        folder = write_tiny_model(tmp_path / f"m{seed}", seed=seed)
-        (folder / "split_manifest.csv").write_text(manifest)
-        folders.append(folder)
-    out = tmp_path / "cmp"
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_ensembles.py"), "--data", str(data),
-                             str(isic), "--out", str(out), "--workers", "0", *map(str, folders)],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads((out / "compare_ensembles.json").read_text())
+    folders = tiny_folders(tmp_path, split_of)
+    report = run_compare([data, isic], folders, tmp_path / "cmp")
     assert report["n_val_per_source"]["isic2017"] == 8
     pair = report["rows"][2]
     assert set(pair["per_source"]) == {"ham10000", "isic2017"}

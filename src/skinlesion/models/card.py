@@ -226,13 +226,14 @@ def _training_data_lines(sources: list[dict]) -> list[str]:
 
 def _licence_lines(sources: list[dict], extras: dict, reports: list[tuple[str, dict]]) -> list[str]:
     lines = ["## Licence and citation", ""]
-    for info in dict.fromkeys(dataset_info(s) or s.get("name") for s in sources):
-        lines.append(f"- Trained on {info.title}, {info.licence}: the weights inherit its terms (non-commercial)."
-                     if not isinstance(info, str) else f"- Trained on `{info}`: check that dataset's own terms before use.")
+    infos = [dataset_info(s) for s in sources]
+    trained = list(dict.fromkeys(i for i in infos if i))  # one line per dataset (ISIC 2017 train + val: one)
+    lines += [f"- Trained on {i.title}, {i.licence}: the weights inherit its terms (non-commercial)." for i in trained]
+    lines += [f"- Trained on `{s.get('name')}`: check that dataset's own terms before use."
+              for s, i in zip(sources, infos, strict=True) if not i]
     note = (extras.get("init_weights") or {}).get("licence_note")
     if note:
         lines.append(f"- {note}")
-    trained = list(dict.fromkeys(i for i in (dataset_info(s) for s in sources) if i))
     tested = [i for i in dict.fromkeys(dataset_info(layout) for _, r in reports
                                        for layout in str(r.get("data", {}).get("layout", "")).split("+"))
               if i and i not in trained]
