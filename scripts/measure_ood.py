@@ -5,8 +5,9 @@ behind the defaults of `skinlesion fit-features`; README "Not a dermoscopic imag
     nice -n 19 python scripts/measure_ood.py --model weights --data ../shared/data/HAM10000 \
         --external ../shared/data/ISIC2017_test --ood-root runs/ood_sets --out runs/ood_measure
 
-Features (identity view, `Predictor.forward_views_with_features`) of the HAM10000 train / val / test
-splits (the model folder's manifest), of the external set and of every sub-folder of --ood-root are
+Features (identity view, `Predictor.forward_views_with_features`) of the train / val / test splits of
+every --data source (the model folder's manifest: with HAM10000 + ISIC 2017 train + val, as the shipped
+model was trained, other clinics' dermoscopy is fitted and thresholded as in-distribution), of the external set and of every sub-folder of --ood-root are
 computed once and cached in --out (features and logits only, never pixels). Then, for each candidate
 (energy, Mahalanobis on raw or L2-normalised features, k-NN cosine at several k) fitted on TRAIN with
 its threshold at a quantile of VAL: the share of each OOD folder flagged, the false flags on the HAM10000
@@ -19,11 +20,13 @@ validation images squashed to 256 x 256, sharpened and re-encoded as JPEG 70 (an
 from the validation split alone), and on `val_colour_shift` (another illuminant and exposure) and
 `val_aperture_shift` (a circular field of view with black outside, as uncropped contact dermatoscopes
 deliver): `skinlesion.evaluation.shifts`. The rule, fixed before any test set is looked at: a
-candidate is eligible when its false flags on no shifted validation set are significantly above its quantile
-(one-sided binomial test, 5%: at most 15 of 1,006 images at q = 0.01, 28 at q = 0.02);
+candidate is eligible when its quantile is within the false-flag budget (3%) and its false flags on no shifted
+validation set are significantly above its quantile (one-sided binomial test, 5%: at most 15 of 1,006 images
+at q = 0.01, 28 at q = 0.02);
 `chosen` (in the JSON and marked in the table) is the eligible candidate that flags the most
-non-dermoscopic images (ties: fewer HAM10000-test false flags). ISIC 2017 / the test split are reported,
-never used for the choice.
+non-dermoscopic images in its worst folder (ties: the most in all folders; until 2026-12-03 the rule was the
+most in all folders, which let one kind of upload through). ISIC 2017 / the test split are reported, never
+used for the choice.
 For the case index: precision@5 and the retrieval vote's balanced accuracy on VAL queries for several
 PCA sizes and vote sizes, beside the softmax.
 """
@@ -42,6 +45,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from skinlesion.constants import MANIFEST_FILE
 from skinlesion.data import load_table, read_manifest, select_split
+from skinlesion.data.sources import load_sources
 from skinlesion.evaluation.ood_retrieval import folder_features, image_features
 from skinlesion.evaluation.shifts import SHIFTS
 from skinlesion.evaluation.view_logits import collect_view_logits
@@ -52,6 +56,9 @@ from skinlesion.models.folder import file_sha256
 CANDIDATES = [("energy", {}), ("mahalanobis", {}), ("mahalanobis_l2", {}), ("knn", {"knn_k": 1}),
               ("knn", {"knn_k": 10}), ("knn", {"knn_k": 50}), ("mahalanobis+knn", {"knn_k": 10})]
 QUANTILES = (0.01, 0.02, 0.05)
+# The share of real lesions the product may refuse: a candidate thresholded at a higher validation quantile
+# refuses that share of clean dermoscopy by construction, so it is reported but never eligible.
+FALSE_FLAG_BUDGET = 0.03
 
 
 def cached(out: Path, name: str, compute) -> dict[str, np.ndarray]:
@@ -87,10 +94,13 @@ def fit_args(method: str, kwargs: dict, quantile: float) -> list[str]:
 
 
 def choose(rows: list[dict]) -> dict | None:
-    """The eligible candidate (no shifted-validation false-flag rate significantly above its quantile) that flags the most
-    non-dermoscopic images; ties go to fewer HAM10000-test false flags. None when nothing is eligible."""
+    """The eligible candidate (no shifted-validation false-flag rate significantly above its quantile) whose
+    worst non-dermoscopic folder is flagged most; ties go to more of all folders flagged. None when nothing is
+    eligible. Why the worst folder and not the total: each folder is a kind of upload (other medical images,
+    everyday photos, ...), and a detector that refuses all noise but lets a fifth of X-rays through fails the
+    person who sends X-rays; the total rewarded exactly that (as the worst source chooses the classifier)."""
     eligible = [r for r in rows if r["eligible"]]
-    return max(eligible, key=lambda r: (r["flag:all_ood"], -r["ham_test_false_flags"]), default=None)
+    return max(eligible, key=lambda r: (r["min_folder_flag"], r["flag:all_ood"]), default=None)
 
 
 def candidates(taps: list[str], combos: list[list[str]]) -> list[tuple[str, dict]]:
@@ -154,7 +164,7 @@ def detector_rows(sets: dict[str, dict], ood_names: list[str], external: str | N
                    "ham_test_false_flags": float((s["test"] < threshold).mean())}
             for shift in SHIFTS:
                 row[f"val_{shift}_false_flags"] = float((s[f"val_{shift}"] < threshold).mean())
-            row["eligible"] = all(not above_quantile(int((s[f"val_{shift}"] < threshold).sum()), len(s[f"val_{shift}"]), q)
+            row["eligible"] = q <= FALSE_FLAG_BUDGET and all(not above_quantile(int((s[f"val_{shift}"] < threshold).sum()), len(s[f"val_{shift}"]), q)
                                   for shift in SHIFTS)
             if external:
                 row["external_false_flags"] = float((s[external] < threshold).mean())
@@ -207,7 +217,8 @@ def markdown(rows: list[dict], ood_names: list[str], external: str | None, chose
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
-    parser.add_argument("--data", required=True, help="HAM10000 (split by the model folder's manifest)")
+    parser.add_argument("--data", required=True, nargs="+", metavar="SOURCE",
+                        help="the training sources, split by the model folder's manifest (PATH[,name=,layout=,split=])")
     parser.add_argument("--external", default=None, help="an external labelled dermoscopy set, e.g. ISIC 2017 test")
     parser.add_argument("--ood-root", type=Path, required=True, help="folder of folders of non-dermoscopic images")
     parser.add_argument("--out", type=Path, required=True)
@@ -233,8 +244,10 @@ def main() -> None:
     cache = args.out / file_sha256(folder / "model.safetensors")[:12] / (f"limit{args.limit}" if args.limit else "all")
     if args.taps:  # features carry the taps' statistics: a cache of its own
         cache = cache / ("taps-" + "-".join(args.taps))
+    if len(args.data) > 1:  # another set of sources is another set of images
+        cache = cache / ("data-" + "-".join(Path(d.split(",")[0]).name for d in args.data))
     cache.mkdir(parents=True, exist_ok=True)
-    ham = load_table(args.data)
+    ham = load_sources(args.data)
     manifest = read_manifest(folder / MANIFEST_FILE)
     sets: dict[str, dict] = {}
     for split in ("train", "val", "test"):

@@ -12,7 +12,7 @@
 # $OUT/measure_ood/measure_ood.json); set it to override. TAPS and COMBOS name the modules the measure step
 # taps (default: an EfficientNet/MobileNetV2's blocks; a feature_ensemble's are e.g. backbones.0.blocks.5).
 # DATA lists every training source (default: HAM10000_DIR alone): the temperature is fitted on, and the OOD
-# statistics and case index on, all their validation/training images, since other clinics' dermoscopy is
+# candidates compared, statistics and case index fitted on, all their validation/training images, since other clinics' dermoscopy is
 # in-distribution. E.g. DATA="../shared/data/HAM10000 ../shared/data/ISIC2017_train ../shared/data/ISIC2017_val".
 set -euo pipefail
 FOLDER=$1 HAM=$2 EXTERNAL=$3 SIZES=$4 OOD_ROOT=$5
@@ -42,7 +42,7 @@ if [[ $STEP == all || $STEP == temperature ]]; then
 fi
 if [[ $STEP == all || $STEP == measure ]]; then
   # shellcheck disable=SC2086
-  run $PY scripts/measure_ood.py --model "$FOLDER" --data "$HAM" --external "$EXTERNAL" --ood-root "$OOD_ROOT" \
+  run $PY scripts/measure_ood.py --model "$FOLDER" --data $DATA --external "$EXTERNAL" --ood-root "$OOD_ROOT" \
     --out "$OUT/measure_ood" --taps $TAPS --combos $COMBOS --dims 128 --vote-k 10 20 40
 fi
 if [[ $STEP == all || $STEP == fit ]]; then

@@ -42,14 +42,16 @@ def test_measure_ood_compares_layer_candidates_with_a_simulated_camera_change(tm
     for row in result["detectors"]:
         assert 0.0 <= row["val_camera_shift_false_flags"] <= 1.0 and {"flag:a", "flag:b"} <= set(row)
         n = result["n"]["val"]
-        assert row["eligible"] == all(not _script().above_quantile(round(row[f"val_{s}_false_flags"] * n), n, row["quantile"])
-                                      for s in ("camera_shift", "colour_shift", "aperture_shift"))
+        passes_shifts = all(not _script().above_quantile(round(row[f"val_{s}_false_flags"] * n), n, row["quantile"])
+                            for s in ("camera_shift", "colour_shift", "aperture_shift"))
+        assert row["eligible"] == (row["quantile"] <= 0.03 and passes_shifts)
     eligible = [r for r in result["detectors"] if r["eligible"]]
     if eligible:
-        best = max(r["flag:all_ood"] for r in eligible)
+        best = max((r["min_folder_flag"], r["flag:all_ood"]) for r in eligible)
         chosen = [r for r in eligible if (r["method"], r["quantile"]) ==
                   (result["chosen"]["method"], result["chosen"]["quantile"])]
-        assert chosen and chosen[0]["flag:all_ood"] == best
+        assert chosen and (chosen[0]["min_folder_flag"], chosen[0]["flag:all_ood"]) == best
+        assert chosen[0]["min_folder_flag"] == min(chosen[0]["flag:a"], chosen[0]["flag:b"])
     else:
         assert result["chosen"] is None
     assert {r["class_balanced_vote"] for r in result["retrieval"]} == {False, True}
@@ -59,13 +61,14 @@ def test_measure_ood_compares_layer_candidates_with_a_simulated_camera_change(tm
     assert "val_camera_shift_false_flags" in (out / "measure_ood.md").read_text()
 
 
-def test_choice_rule_takes_the_eligible_candidate_that_flags_most():
+def test_choice_rule_takes_the_eligible_candidate_whose_worst_folder_is_flagged_most():
     module = _script()
-    rows = [{"method": "a", "eligible": False, "flag:all_ood": 1.0, "ham_test_false_flags": 0.0},
-            {"method": "b", "eligible": True, "flag:all_ood": 0.9, "ham_test_false_flags": 0.02},
-            {"method": "c", "eligible": True, "flag:all_ood": 0.9, "ham_test_false_flags": 0.01},
-            {"method": "d", "eligible": True, "flag:all_ood": 0.5, "ham_test_false_flags": 0.0}]
-    assert module.choose(rows)["method"] == "c"
+    rows = [{"method": "a", "eligible": False, "min_folder_flag": 1.0, "flag:all_ood": 1.0},
+            {"method": "b", "eligible": True, "min_folder_flag": 0.6, "flag:all_ood": 0.99},   # most in all
+            {"method": "c", "eligible": True, "min_folder_flag": 0.9, "flag:all_ood": 0.93},
+            {"method": "d", "eligible": True, "min_folder_flag": 0.9, "flag:all_ood": 0.95},   # same worst, more in all
+            {"method": "e", "eligible": True, "min_folder_flag": 0.5, "flag:all_ood": 0.5}]
+    assert module.choose(rows)["method"] == "d"
     assert module.choose([rows[0]]) is None
 
 
