@@ -381,3 +381,21 @@ def test_fit_features_wants_taps_exactly_with_the_layers_method(fitted, tmp_path
     with pytest.raises(ValueError, match="--ood-taps"):
         fit_features.run(fit_features.FitFeaturesConfig(model=str(fitted.folder), data=str(fitted.data),
                                                         ood_method="mahalanobis", ood_taps=TAPS))
+
+
+def test_mahalanobis_score_matches_the_per_class_distance_and_follows_new_statistics():
+    # The score expands (x - m)'P(x - m) with cached P m and m'P m; it must equal the direct form, also for a
+    # second set of means with the same precision (the cache is keyed by the precision matrix).
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(6, 6, generator=g)
+    precision = a @ a.T + torch.eye(6)
+    means = torch.randn(3, 6, generator=g)
+    x = torch.randn(10, 6, generator=g) * 3
+
+    def direct(m):
+        diff = x[:, None, :] - m[None]
+        return -torch.einsum("bcd,de,bce->bc", diff, precision, diff).min(dim=1).values
+
+    for m in (means, means + 2.0, means):
+        got = ood.score("mahalanobis", {"means": m, "precision": precision}, {}, x, None)
+        assert torch.allclose(got, direct(m), rtol=1e-5, atol=1e-4)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +54,7 @@ DEFAULT_METHOD = "mahalanobis"
 DEFAULT_QUANTILE = 0.01
 DEFAULT_KNN_K = 10
 COMBINED = ("mahalanobis+knn", "mahalanobis+layers")  # Fisher's product of validation p-values
-SCORE_CHUNK = 1024                   # rows scored at once (bounds the (B, K, D) difference tensor)
+SCORE_CHUNK = 1024                   # rows scored at once (bounds the (B, D) products)
 
 
 class OodStatsError(ModelFolderError):
@@ -184,12 +185,39 @@ def score(method: str, stats: Mapping[str, Tensor], params: Mapping[str, Any], f
         return sims.topk(k, dim=1).values[:, -1]                           # k-th largest
     x = l2_normalise(features) if method == "mahalanobis_l2" else features.float()
     means, precision = stats["means"].float(), stats["precision"].float()  # (C, D), (D, D)
+    # One shared precision P, so (x - m)'P(x - m) = x'Px - 2 x'Pm + m'Pm: one (D, D) product per image instead
+    # of one per class (7x fewer flops: with three members' 3,840 features the per-class form cost more than
+    # the network's forward). Everything is centred on the class means' centroid first, so the three terms are
+    # of the distances' size and float32 loses no more than the direct form.
+    centre, pm, mpm = _projected_means(means, precision)
     out = []
     for chunk in x.split(SCORE_CHUNK):
-        diff = chunk[:, None, :] - means[None, :, :]                       # (b, C, D)
-        dist = torch.einsum("bcd,de,bce->bc", diff, precision, diff)       # (b, C) squared distances
-        out.append(-dist.min(dim=1).values)
+        chunk = chunk - centre
+        px = chunk @ precision                                             # (b, D)
+        dist = (px * chunk).sum(dim=1, keepdim=True) - 2.0 * (chunk @ pm.T) + mpm[None, :]
+        out.append(-dist.min(dim=1).values)                                # (b,) nearest class
     return torch.cat(out) if out else torch.zeros(0)
+
+
+# (centre, P m, m'P m) per loaded precision matrix: a served folder scores one image at a time, and recomputing them
+# per request would cost the class-count products the expanded form saves. Keyed by the tensor's id, checked
+# by a weak reference that also drops the entry when the statistics are freed (tensors compare elementwise,
+# so a WeakKeyDictionary cannot hold them).
+_PROJECTED: dict[int, tuple] = {}
+
+
+def _projected_means(means: Tensor, precision: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(centre, P m, m'P m) with the means centred on `centre`, their centroid."""
+    key = id(precision)
+    hit = _PROJECTED.get(key)
+    if hit is not None and hit[0]() is precision and hit[1] is means:
+        return hit[2:]
+    centre = means.mean(dim=0)                                             # (D,)
+    centred = means - centre
+    pm = centred @ precision                                               # (C, D)
+    mpm = (pm * centred).sum(dim=1)                                        # (C,)
+    _PROJECTED[key] = (weakref.ref(precision, lambda _, key=key: _PROJECTED.pop(key, None)), means, centre, pm, mpm)
+    return centre, pm, mpm
 
 
 def threshold_at(val_scores: Tensor | np.ndarray, quantile: float) -> float:
