@@ -204,9 +204,25 @@ def test_statistics_with_inconsistent_shapes_are_refused(fitted_copy):
     with safe_open(str(path), framework="pt") as f:
         meta = dict(f.metadata())
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    save_file({**tensors, "precision": tensors["precision"][:5, :]}, str(path), metadata=meta)
+    save_file({**tensors, "precision_triu": tensors["precision_triu"][:-1]}, str(path), metadata=meta)
     with pytest.raises(ModelFolderError, match=r"ood_stats\.safetensors: .*precision"):
         Predictor.from_pretrained(fitted_copy)
+    full = ood.unpack_symmetric({"precision_triu": tensors["precision_triu"]}, "x")["precision"]
+    save_file({**{k: v for k, v in tensors.items() if k != "precision_triu"}, "precision": full[:5, :].contiguous()},
+              str(path), metadata=meta)
+    with pytest.raises(ModelFolderError, match=r"ood_stats\.safetensors: .*precision"):
+        Predictor.from_pretrained(fitted_copy)
+
+
+def test_precision_matrices_are_stored_as_their_upper_triangle_and_read_back_whole():
+    a = torch.randn(5, 5)
+    stats = {"means": torch.randn(2, 5), "precision": (a @ a.T + (a @ a.T).T) / 2, "tap0_precision": torch.eye(3) * 2}
+    packed = ood.pack_symmetric(stats)
+    assert set(packed) == {"means", "precision_triu", "tap0_precision_triu"}
+    assert packed["precision_triu"].numel() == 15
+    back = ood.unpack_symmetric(packed, "x")
+    assert set(back) == set(stats) and all(torch.equal(back[k], stats[k]) for k in stats)
+    assert ood.unpack_symmetric(stats, "x").keys() == stats.keys()  # a file with whole matrices still reads
 
 
 def test_statistics_from_other_weights_are_refused(fitted_copy, tmp_path):

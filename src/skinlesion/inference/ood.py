@@ -263,10 +263,41 @@ class OodDetector:
                                 f"{have}; refit them with `skinlesion fit-features --model FOLDER --data DATA`")
 
 
+# A precision matrix is symmetric: the file holds its upper triangle (row-major) under NAME + PACKED, half the
+# bytes (three members' 3,840 features made the full float32 matrix 59 MB). Files with the full matrix still load.
+PACKED = "_triu"
+
+
+def pack_symmetric(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    out = {}
+    for name, tensor in tensors.items():
+        if name.endswith("precision") and tensor.dim() == 2 and tensor.shape[0] == tensor.shape[1]:
+            out[name + PACKED] = tensor[torch.ones(tensor.shape, dtype=torch.bool).triu()].contiguous()
+        else:
+            out[name] = tensor
+    return out
+
+
+def unpack_symmetric(tensors: Mapping[str, Tensor], where: str) -> dict[str, Tensor]:
+    out = {name: t for name, t in tensors.items() if not name.endswith(PACKED)}
+    for name, packed in tensors.items():
+        if not name.endswith(PACKED):
+            continue
+        base, length = name[:-len(PACKED)], packed.numel()
+        n = int(round(((8 * length + 1) ** 0.5 - 1) / 2))
+        if packed.dim() != 1 or n * (n + 1) // 2 != length or base in out:
+            raise OodStatsError(f"{where}: tensor {name!r} is not the upper triangle of one square matrix "
+                                f"(shape {tuple(packed.shape)}); refit with `skinlesion fit-features`")
+        full = torch.zeros(n, n, dtype=packed.dtype)
+        full[torch.ones(n, n, dtype=torch.bool).triu()] = packed
+        out[base] = full + full.triu(1).T
+    return out
+
+
 def save_detector(folder: str | Path, detector: OodDetector) -> Path:
     """Write `ood_stats.safetensors` atomically; returns its path."""
     path = Path(folder) / OOD_STATS_FILE
-    tensors = {k: v.detach().cpu().contiguous() for k, v in detector.stats.items()}
+    tensors = pack_symmetric({k: v.detach().cpu().contiguous() for k, v in detector.stats.items()})
     if not tensors:
         tensors = {"empty": torch.zeros(0)}  # safetensors files need at least one tensor
     metadata = {"format": FORMAT, "method": detector.method, "feature_dim": str(detector.feature_dim),
@@ -326,6 +357,7 @@ def load_detector(folder: str | Path, extras: Mapping[str, Any], *, weights_sha2
     if not path.is_file():
         raise OodStatsError(f"{path}: missing, but config.json's skinlesion.{EXTRAS_KEY} names it; {fix}")
     tensors, meta = read_safetensors(path, OodStatsError)
+    tensors = unpack_symmetric(tensors, str(path))
     method = entry.get("method")
     if meta.get("format") != FORMAT:
         raise OodStatsError(f"{path}: not an OOD statistics file (format {meta.get('format')!r}, expected {FORMAT!r})")
