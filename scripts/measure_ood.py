@@ -252,15 +252,15 @@ def main() -> None:
     if len(args.data) > 1:  # another set of sources is another set of images
         cache = cache / ("data-" + "-".join(Path(d.split(",")[0]).name for d in args.data))
     cache.mkdir(parents=True, exist_ok=True)
-    ham = load_sources(args.data)
+    sources = load_sources(args.data)
     manifest = read_manifest(folder / MANIFEST_FILE)
     sets: dict[str, dict] = {}
     for split in ("train", "val", "test"):
         sets[split] = cached(cache, split, lambda split=split: table_arrays(
-            predictor, select_split(ham, manifest, split), args.limit, 0, args.batch_size, args.workers))
+            predictor, select_split(sources, manifest, split), args.limit, 0, args.batch_size, args.workers))
     for shift, fn in SHIFTS.items():
         sets[f"val_{shift}"] = cached(cache, f"val_{shift}", lambda fn=fn: shifted_arrays(
-            predictor, select_split(ham, manifest, "val"), fn, args.batch_size))
+            predictor, select_split(sources, manifest, "val"), fn, args.batch_size))
     external = None
     if args.external:
         external = Path(args.external).name
